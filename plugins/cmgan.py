@@ -1,0 +1,5 @@
+"""Placeholder while the cmgan plugin is being written (replaced by its implementation)."""
+
+
+class CMGANPlugin:
+    """(not implemented yet)"""

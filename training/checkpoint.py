@@ -1,0 +1,144 @@
+"""Training checkpoints: everything needed to resume exactly, written atomically.
+
+A checkpoint (``network-snapshot-<kimg>.pt``) holds G, D, G_ema, both optimizer states, the counters,
+the training options, the dataset description, the plugin stack with its options and state, and the
+random-number-generator states of every rank. It is loaded with ``torch.load(weights_only=True)``, so
+opening a checkpoint never runs code from it.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+import tempfile
+from typing import Optional
+
+import numpy as np
+import torch
+
+from stylegan_base.errors import CheckpointError
+
+FORMAT = "ganstack.checkpoint"
+VERSION = 1
+SNAPSHOT_GLOB = "network-snapshot-*.pt"
+_SNAPSHOT_RE = re.compile(r"network-snapshot-(\d+)(?:\.(\d{3}))?\.pt$")
+
+
+# ------------------------------------------------------------------------------------------------
+# RNG state (every generator the loop or a plugin may draw from)
+
+def capture_rng(extra: Optional[dict] = None) -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    for name, gen in (extra or {}).items():
+        state[name] = gen.get_state()
+    return state
+
+
+def restore_rng(state: dict, extra: Optional[dict] = None) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, gen in (extra or {}).items():
+        gen.set_state(state[name])
+
+
+# ------------------------------------------------------------------------------------------------
+# Files
+
+def atomic_save(obj, path: str) -> None:
+    """Write to a temporary file in the same folder, flush to disk, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def kimg_tag(cur_nimg: int) -> str:
+    """``000012`` for 12 kimg, as in StyleGAN2-ADA's file names; ``000000.512`` for 512 images."""
+    frac = f".{cur_nimg % 1000:03d}" if cur_nimg % 1000 else ""
+    return f"{cur_nimg // 1000:06d}{frac}"
+
+
+def snapshot_name(cur_nimg: int) -> str:
+    return f"network-snapshot-{kimg_tag(cur_nimg)}.pt"
+
+
+def snapshot_path(run_dir: str, cur_nimg: int) -> str:
+    return os.path.join(run_dir, snapshot_name(cur_nimg))
+
+
+def _snapshot_nimg(path: str) -> int:
+    m = _SNAPSHOT_RE.search(path)
+    return int(m.group(1)) * 1000 + int(m.group(2) or 0)
+
+
+def list_snapshots(run_dir: str) -> list[str]:
+    """Snapshots in ``run_dir``, oldest first (by kimg, then modification time)."""
+    paths = glob.glob(os.path.join(run_dir, SNAPSHOT_GLOB))
+    paths = [p for p in paths if _SNAPSHOT_RE.search(p)]
+    return sorted(paths, key=lambda p: (_snapshot_nimg(p), os.path.getmtime(p)))
+
+
+def prune_snapshots(run_dir: str, keep: int) -> None:
+    """Delete all but the newest ``keep`` snapshots (``keep == 0`` keeps all)."""
+    if keep <= 0:
+        return
+    for old in list_snapshots(run_dir)[:-keep]:
+        os.remove(old)
+
+
+def resolve_resume(path: str) -> str:
+    """``--resume`` takes a checkpoint file or a run folder (its newest snapshot)."""
+    if os.path.isdir(path):
+        snaps = list_snapshots(path)
+        if not snaps:
+            raise CheckpointError(f"--resume {path!r} is a folder without any {SNAPSHOT_GLOB} file; "
+                                  f"give a checkpoint file or the run folder that holds one.")
+        return snaps[-1]
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--resume {path!r}: no such file or folder. Give a network-snapshot-*.pt "
+                              f"file or a run folder.")
+    return path
+
+
+def load(path: str, map_location="cpu") -> dict:
+    """Load and sanity-check a training checkpoint; clear errors for the wrong kind of file."""
+    path = resolve_resume(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path!r} could not be read as a ganstack checkpoint ({type(exc).__name__}: "
+                              f"{exc}). It may be truncated, or not a checkpoint at all.") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        kind = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path!r} is not a ganstack training checkpoint (found {kind!r}). "
+                              f"(Score models and classifiers have formats of their own and go to the options that ask for them.)")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path!r} was written by a newer ganstack (checkpoint version "
+                              f"{ckpt['version']} > {VERSION}); upgrade ganstack to read it.")
+    ckpt["path"] = path
+    return ckpt

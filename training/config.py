@@ -1,0 +1,243 @@
+"""Training options and the StyleGAN2-ADA configuration presets.
+
+:class:`TrainConfig` holds every option of a run. It is filled in three layers: the dataclass
+defaults, then the preset chosen by ``--cfg`` (resolved against the dataset and the number of GPUs,
+exactly as StyleGAN2-ADA's ``train.py`` does), then the options the user gave explicitly. Plugins may
+change options in their ``configure`` hook, but only those the user did not set
+(:meth:`TrainConfig.is_user_set`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from training.api import ConfigError
+
+# StyleGAN2-ADA (Karras et al. 2020), train.py: cfg_specs.
+#   mb: total batch, mbstd: minibatch-std group, fmaps: channel_base / 32768, lrate: G and D lr,
+#   gamma: R1 weight, ema: G_ema half-life in kimg, ramp: ema rampup, map: mapping depth.
+PRESETS = {
+    "cifar":     dict(ref_gpus=2, kimg=100000, mb=64, mbstd=32, fmaps=1,   lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2),
+    "paper256":  dict(ref_gpus=8, kimg=25000,  mb=64, mbstd=8,  fmaps=0.5, lrate=0.0025, gamma=1,    ema=20,  ramp=None, map=8),
+    "paper512":  dict(ref_gpus=8, kimg=25000,  mb=64, mbstd=8,  fmaps=1,   lrate=0.0025, gamma=0.5,  ema=20,  ramp=None, map=8),
+    "paper1024": dict(ref_gpus=8, kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=2,    ema=10,  ramp=None, map=8),
+    "stylegan2": dict(ref_gpus=8, kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=8),
+    # The MLP backbone of the 2-D experiments (Diffusion-GAN Sec. 4, SMaRt Sec. 4.2): two 128-unit
+    # hidden layers. Not a StyleGAN2-ADA preset; lr chosen by a small sweep (lr 2e-4/1e-3, Adam betas
+    # (0, 0.99)/(0.5, 0.9), z_dim 2/32) on toy:gaussians25, where 1e-3 with StyleGAN's betas covered the
+    # most modes; 1000 kimg take about 30 s on a 2-core CPU.
+    "toy":       dict(ref_gpus=1, kimg=1000,   mb=256, mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0),
+}
+IMAGE_PRESETS = ("auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar")
+ALL_PRESETS = IMAGE_PRESETS + ("toy",)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run (saved in checkpoints).
+
+    Names follow StyleGAN2-ADA / StyleGAN3 ``train.py`` where the concept exists there.
+    ``None`` means "take it from the preset".
+    """
+
+    # data
+    data: str = "toy:gaussians25"
+    cond: bool = False
+    mirror: bool = False
+    max_size: Optional[int] = None
+    # preset and length
+    cfg: str = "auto"
+    kimg: Optional[float] = None
+    seed: int = 0
+    batch: Optional[int] = None
+    batch_gpu: Optional[int] = None
+    # optimisation (Adam betas (0, 0.99), eps 1e-8 for StyleGAN2)
+    glr: Optional[float] = None
+    dlr: Optional[float] = None
+    g_betas: tuple = (0.0, 0.99)
+    d_betas: tuple = (0.0, 0.99)
+    adam_eps: float = 1e-8
+    ema_kimg: Optional[float] = None
+    ema_rampup: Optional[float] = None
+    # loss and regularization
+    gamma: Optional[float] = None
+    r1_interval: int = 16
+    pl_weight: Optional[float] = None
+    pl_interval: int = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    style_mixing: Optional[float] = None
+    # architecture
+    z_dim: Optional[int] = None
+    w_dim: int = 512
+    map_depth: Optional[int] = None
+    cbase: Optional[int] = None
+    cmax: int = 512
+    mbstd_group: Optional[int] = None
+    d_architecture: Optional[str] = None
+    g_architecture: str = "skip"
+    conv_clamp: Optional[float] = None
+    mlp_hidden: int = 128
+    mlp_layers: int = 2
+    # run control
+    tick: Optional[float] = None
+    snap: int = 50
+    image_snap: Optional[int] = None
+    keep: int = 5
+    workers: int = 2
+    metrics: tuple = ()
+    device: str = "auto"
+    amp: str = "off"
+    tensorboard: bool = False
+    # resolved, not options
+    ref_gpus: int = 1
+    _user_set: set = field(default_factory=set, repr=False, compare=False)
+
+    def is_user_set(self, name: str) -> bool:
+        """True when the user gave ``name`` explicitly (plugins must not override those)."""
+        return name in self._user_set
+
+    def set_default(self, name: str, value) -> bool:
+        """Set ``name`` unless the user set it; return whether it was set. For plugin presets."""
+        if not hasattr(self, name) or name.startswith("_"):
+            raise AttributeError(f"TrainConfig has no option {name!r}")
+        if self.is_user_set(name):
+            return False
+        setattr(self, name, value)
+        return True
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name.startswith("_"):
+                continue
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        out["user_set"] = sorted(self._user_set)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        user_set = set(d.pop("user_set", []))
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"The checkpoint's training options include {unknown}, which this version of "
+                              f"ganstack does not know. Use the ganstack version that wrote it.")
+        for key in ("g_betas", "d_betas", "metrics"):
+            if key in d and isinstance(d[key], list):
+                d[key] = tuple(d[key])
+        cfg = cls(**d)
+        cfg._user_set = user_set
+        return cfg
+
+    @property
+    def total_nimg(self) -> int:
+        return int(round(self.kimg * 1000))
+
+
+def resolve(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> TrainConfig:
+    """Fill every ``None`` option from the preset, as StyleGAN2-ADA's ``train.py`` does, and validate.
+
+    ``data_info`` is the dataset's ``info()`` (``kind``, ``resolution``, ...). Raises
+    :class:`~training.api.ConfigError` for impossible combinations.
+    """
+    kind = data_info["kind"]
+    name = cfg.cfg
+    if name == "auto" and kind == "points":
+        name = cfg.cfg = "toy"
+    if name not in ALL_PRESETS:
+        raise ConfigError(f"--cfg {cfg.cfg!r} is not a preset; choose one of {', '.join(ALL_PRESETS)}.")
+    if kind == "points" and name != "toy":
+        raise ConfigError(f"--cfg {name} is an image preset but {cfg.data!r} is point data; use --cfg toy (or auto).")
+    if kind == "image" and name == "toy":
+        raise ConfigError(f"--cfg toy is the MLP preset for 2-D point data but {cfg.data!r} holds images; "
+                          f"use --cfg auto, cifar, paper256, paper512, paper1024 or stylegan2.")
+    if name == "auto":
+        res = data_info["resolution"]
+        spec = dict(ref_gpus=world_size, kimg=25000, ramp=None, map=2)
+        spec["mb"] = max(min(world_size * min(4096 // res, 32), 64), world_size)
+        spec["mbstd"] = min(spec["mb"] // world_size, 4)
+        spec["fmaps"] = 1 if res >= 512 else 0.5
+        spec["lrate"] = 0.002 if res >= 1024 else 0.0025
+        spec["gamma"] = 0.0002 * (res ** 2) / spec["mb"]
+        spec["ema"] = spec["mb"] * 10 / 32
+    else:
+        spec = dict(PRESETS[name])
+
+    def fill(attr, value):
+        if getattr(cfg, attr) is None:
+            setattr(cfg, attr, value)
+
+    fill("kimg", spec["kimg"])
+    fill("batch", spec["mb"])
+    fill("glr", spec["lrate"])
+    fill("dlr", spec["lrate"])
+    fill("gamma", spec["gamma"])
+    fill("ema_kimg", spec["ema"])
+    fill("ema_rampup", spec["ramp"])
+    cfg.ref_gpus = spec["ref_gpus"]
+    if kind == "image":
+        fill("map_depth", spec["map"])
+        fill("cbase", int(spec["fmaps"] * 32768))
+        fill("mbstd_group", spec["mbstd"])
+        fill("z_dim", 512)
+        fill("style_mixing", 0.0 if name == "cifar" else 0.9)
+        fill("pl_weight", 0.0 if name == "cifar" else 2.0)
+        fill("d_architecture", "orig" if name == "cifar" else "resnet")
+        fill("tick", 4.0)
+    else:
+        fill("z_dim", 32)
+        fill("style_mixing", 0.0)
+        fill("pl_weight", 0.0)
+        fill("map_depth", 0)
+        fill("mbstd_group", 0)
+        fill("tick", 20.0)
+    if cfg.image_snap is None:
+        cfg.image_snap = cfg.snap
+    validate(cfg, data_info, world_size)
+    return cfg
+
+
+def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
+    """Range and consistency checks with messages that say what would be right."""
+    def need(ok, msg):
+        if not ok:
+            raise ConfigError(msg)
+
+    need(cfg.kimg > 0, f"--kimg must be positive, got {cfg.kimg}.")
+    need(cfg.batch >= 1, f"--batch must be at least 1, got {cfg.batch}.")
+    need(cfg.batch % world_size == 0,
+         f"--batch {cfg.batch} must be divisible by the number of GPUs ({world_size}).")
+    per_gpu = cfg.batch // world_size
+    if cfg.batch_gpu is None:
+        cfg.batch_gpu = per_gpu
+    need(1 <= cfg.batch_gpu <= per_gpu and per_gpu % cfg.batch_gpu == 0,
+         f"--batch-gpu {cfg.batch_gpu} must divide the per-GPU batch {per_gpu} (= --batch / GPUs).")
+    if data_info["kind"] == "image" and cfg.mbstd_group:
+        need(cfg.batch_gpu % min(cfg.mbstd_group, cfg.batch_gpu) == 0,
+             f"--mbstd-group {cfg.mbstd_group} must divide --batch-gpu {cfg.batch_gpu}.")
+    for name in ("glr", "dlr"):
+        need(getattr(cfg, name) > 0, f"--{name} must be positive, got {getattr(cfg, name)}.")
+    need(cfg.gamma >= 0, f"--gamma must be >= 0, got {cfg.gamma}.")
+    need(cfg.pl_weight >= 0, f"--pl-weight must be >= 0, got {cfg.pl_weight}.")
+    need(0 <= cfg.style_mixing <= 1, f"--style-mixing is a probability in [0, 1], got {cfg.style_mixing}.")
+    need(cfg.r1_interval >= 1 and cfg.pl_interval >= 1, "--r1-interval and --pl-interval must be >= 1.")
+    need(cfg.pl_batch_shrink >= 1 and cfg.batch_gpu % cfg.pl_batch_shrink == 0 or cfg.pl_weight == 0,
+         f"--batch-gpu {cfg.batch_gpu} must be divisible by the path-length batch shrink {cfg.pl_batch_shrink}.")
+    need(cfg.ema_kimg >= 0, f"--ema must be >= 0 kimg, got {cfg.ema_kimg}.")
+    need(cfg.tick > 0, f"--tick must be positive (kimg per tick), got {cfg.tick}.")
+    need(cfg.snap >= 1 and cfg.image_snap >= 1, f"--snap must be >= 1 tick, got {cfg.snap}.")
+    need(cfg.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {cfg.keep}.")
+    need(cfg.amp in ("off", "bf16", "fp16"), f"--amp must be off, bf16 or fp16, got {cfg.amp!r}.")
+    for b in (cfg.g_betas, cfg.d_betas):
+        need(len(b) == 2 and all(0 <= x < 1 for x in b), f"Adam betas must be two numbers in [0, 1), got {b}.")
+    if data_info["kind"] == "image":
+        need(cfg.d_architecture in ("orig", "skip", "resnet"),
+             f"--d-architecture must be orig, skip or resnet, got {cfg.d_architecture!r}.")
+        need(2 <= cfg.map_depth <= 8, f"--map-depth must be in [2, 8] (StyleGAN2), got {cfg.map_depth}.")
+    if cfg.cond:
+        need(data_info.get("label_dim", 0) > 0,
+             f"--cond needs labels, but {cfg.data!r} has none (add a dataset.json with labels).")

@@ -1,0 +1,65 @@
+"""Building G, D and G_ema for a run, through the plugin hooks."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from training.api import ConfigError
+
+
+@dataclass
+class Networks:
+    """The trained networks of a run. ``G_ema`` is made from ``G`` after ``modify_networks``."""
+
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: Optional[torch.nn.Module] = None
+
+
+def backbone_kwargs(cfg, data_info: dict) -> tuple[dict, dict]:
+    """Constructor arguments of the backbone G and D for this dataset and config."""
+    c_dim = data_info.get("label_dim", 0) if cfg.cond else 0
+    if data_info["kind"] == "image":
+        conv_clamp = cfg.conv_clamp if cfg.conv_clamp is not None else (256 if cfg.amp != "off" else None)
+        G_kwargs = dict(
+            z_dim=cfg.z_dim, c_dim=c_dim, w_dim=cfg.w_dim,
+            img_resolution=data_info["resolution"], img_channels=data_info["num_channels"],
+            mapping_kwargs=dict(num_layers=cfg.map_depth),
+            synthesis_kwargs=dict(channel_base=cfg.cbase, channel_max=cfg.cmax, conv_clamp=conv_clamp,
+                                  architecture=cfg.g_architecture),
+        )
+        D_kwargs = dict(
+            c_dim=c_dim, img_resolution=data_info["resolution"], img_channels=data_info["num_channels"],
+            architecture=cfg.d_architecture, channel_base=cfg.cbase, channel_max=cfg.cmax,
+            conv_clamp=conv_clamp, epilogue_kwargs=dict(mbstd_group_size=cfg.mbstd_group),
+        )
+    else:
+        G_kwargs = dict(z_dim=cfg.z_dim, c_dim=c_dim, out_dim=data_info["point_dim"],
+                        hidden=cfg.mlp_hidden, num_hidden_layers=cfg.mlp_layers)
+        D_kwargs = dict(c_dim=c_dim, in_dim=data_info["point_dim"],
+                        hidden=cfg.mlp_hidden, num_hidden_layers=cfg.mlp_layers)
+    return G_kwargs, D_kwargs
+
+
+def build_networks(stack, cfg, data_info: dict, device="cpu") -> Networks:
+    """Build G, D (and G_ema) through ``network_kwargs``, ``build_*`` and ``modify_networks``.
+
+    Construction draws from the global torch RNG, so the caller seeds it first for reproducibility.
+    """
+    G_kwargs, D_kwargs = backbone_kwargs(cfg, data_info)
+    G_kwargs = stack.chain("network_kwargs", "kwargs", G_kwargs, role="G", data_info=data_info, cfg=cfg)
+    D_kwargs = stack.chain("network_kwargs", "kwargs", D_kwargs, role="D", data_info=data_info, cfg=cfg)
+    try:
+        G = stack.first("build_generator", kwargs=G_kwargs, data_info=data_info, cfg=cfg)
+        D = stack.first("build_discriminator", kwargs=D_kwargs, data_info=data_info, cfg=cfg)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"The networks cannot be built with these options: {exc}") from exc
+    nets = Networks(G=G, D=D)
+    nets = stack.chain("modify_networks", "nets", nets, cfg=cfg)
+    nets.G.train().requires_grad_(False).to(device)
+    nets.D.train().requires_grad_(False).to(device)
+    nets.G_ema = copy.deepcopy(nets.G).eval()
+    return nets
