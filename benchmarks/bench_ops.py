@@ -50,7 +50,12 @@ def timeit(fn, device, iters, warmup=2):
         fn()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    # GPU: median. CPU: minimum, which is far less sensitive to other processes on a shared box.
+    return (statistics.median(times) if device.type == 'cuda' else min(times)) * 1e3
+
+
+def stat(device):
+    return 'median' if device.type == 'cuda' else 'min'
 
 
 def row(name, ms, base=None):
@@ -60,7 +65,7 @@ def row(name, ms, base=None):
 
 def bench_ops(device, args):
     print(f'\n[ops] forward+backward, batch {args.op_batch}, {args.op_channels} channels, '
-          f'{args.op_res}x{args.op_res}, median of {args.iters}')
+          f'{args.op_res}x{args.op_res}, {stat(device)} of {args.iters}')
     N, C, R = args.op_batch, args.op_channels, args.op_res
     f = ops.setup_filter([1, 3, 3, 1], device=device)
     mf = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -112,7 +117,7 @@ def bench_networks(device, args):
     cb, cm, batch = args.channel_base, args.channel_max, args.batch
     print(f'\n[G+D] 32x32 cifar-like: z=w=512, map 2, channel_base {cb}, channel_max {cm}, resnet D, '
           f'mbstd {args.mbstd}, batch {batch}, style mixing 0.9, amp={args.amp}, '
-          f'channels_last={args.channels_last}; median of {args.net_iters}')
+          f'channels_last={args.channels_last}; {stat(device)} of {args.net_iters}')
     torch.manual_seed(0)
     syn = dict(channel_base=cb, channel_max=cm, num_fp16_res=0, conv_clamp=256 if args.amp else None,
                channels_last=args.channels_last)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from stylegan_base.ops import (Conv2dLayer, FullyConnectedLayer, MinibatchStdLayer, bias_act,
+from stylegan_base.ops import (BackboneConfigError, Conv2dLayer, FullyConnectedLayer, MinibatchStdLayer, bias_act,
                                downsample2d, modulated_conv2d, normalize_2nd_moment, setup_filter,
                                upsample2d, _act_spec)
 
@@ -30,13 +30,14 @@ _ARCHITECTURES = ('orig', 'skip', 'resnet')
 
 def _check_resolution(img_resolution: int) -> int:
     if not isinstance(img_resolution, int) or img_resolution < 4 or img_resolution & (img_resolution - 1):
-        raise ValueError(f'img_resolution must be a power of two >= 4, got {img_resolution!r}')
+        raise BackboneConfigError(f'img_resolution must be a power of two >= 4 (4, 8, 16, ...), '
+                                  f'got {img_resolution!r}; resize the images to a power-of-two square.')
     return int(math.log2(img_resolution))
 
 
 def _check_architecture(architecture: str) -> None:
     if architecture not in _ARCHITECTURES:
-        raise ValueError(f'architecture must be one of {_ARCHITECTURES}, got {architecture!r}')
+        raise BackboneConfigError(f'architecture must be one of {_ARCHITECTURES}, got {architecture!r}.')
 
 
 def _check_c(c: Optional[torch.Tensor], c_dim: int, batch: Optional[int], who: str) -> None:
@@ -71,7 +72,7 @@ class MappingNetwork(torch.nn.Module):
                  activation: str = 'lrelu', lr_multiplier: float = 0.01, w_avg_beta: Optional[float] = 0.998):
         super().__init__()
         if z_dim < 0 or c_dim < 0 or (z_dim == 0 and c_dim == 0):
-            raise ValueError(f'MappingNetwork needs z_dim > 0 or c_dim > 0, got z_dim={z_dim}, c_dim={c_dim}')
+            raise BackboneConfigError(f'MappingNetwork needs z_dim > 0 or c_dim > 0, got z_dim={z_dim}, c_dim={c_dim}.')
         if num_layers < 1:
             raise ValueError(f'num_layers must be >= 1, got {num_layers}')
         self.z_dim = z_dim

@@ -34,17 +34,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from stylegan_base.errors import GanstackError
 
 __all__ = [
     'setup_filter', 'upfirdn2d', 'upfirdn2d_ref', 'upsample2d', 'downsample2d', 'filter2d',
     'bias_act', 'activation_funcs', 'conv2d_resample', 'modulated_conv2d',
     'normalize_2nd_moment', 'FullyConnectedLayer', 'Conv2dLayer', 'MinibatchStdLayer',
-    'set_fir_impl', 'get_fir_impl', 'reference_ops',
+    'set_fir_impl', 'get_fir_impl', 'reference_ops', 'BackboneConfigError',
 ]
+
+
+class BackboneConfigError(GanstackError, ValueError):
+    """A network was configured or called in a way a user setting can cause (resolution,
+    architecture, minibatch-std group vs batch size). A ValueError too, so plain callers can catch it."""
 
 # ---------------------------------------------------------------------------
 # Implementation selection.
@@ -503,7 +510,9 @@ def _demod_coefs(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
         return (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
     wsq = weight.square().sum(dim=[2, 3])  # [O, I]
     # Keep this tiny matmul out of autocast: it sets the scale of every output channel.
-    with torch.autocast(device_type=styles.device.type, enabled=False):
+    dev = styles.device.type
+    no_autocast = torch.autocast(device_type=dev, enabled=False) if dev in ('cuda', 'cpu') else contextlib.nullcontext()
+    with no_autocast:
         d = torch.mm(styles.square(), wsq.t())  # [N, O]
     return (d + 1e-8).rsqrt()
 
@@ -686,8 +695,9 @@ class MinibatchStdLayer(torch.nn.Module):
         G = N if self.group_size is None else min(self.group_size, N)
         Fc = self.num_channels
         if N % G != 0:
-            raise ValueError(f'minibatch-std group size {G} must divide the batch size {N} '
-                             f'(group_size={self.group_size}); use a batch that is a multiple of it')
+            raise BackboneConfigError(
+                f'minibatch-std group size {G} must divide the batch size {N} (group_size={self.group_size}); '
+                f'use a per-GPU batch that is a multiple of the group size, or a smaller group.')
         if C % Fc != 0:
             raise ValueError(f'minibatch-std num_channels {Fc} must divide the channel count {C}')
         y = x.reshape(G, -1, Fc, C // Fc, H, W)

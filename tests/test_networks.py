@@ -62,6 +62,9 @@ def test_all_architectures_run_and_backprop(architecture):
 
 
 def test_bad_resolution_and_architecture_raise():
+    from stylegan_base.errors import GanstackError
+    with pytest.raises(GanstackError):  # user-facing: the CLI prints it without a traceback
+        small_G(24)
     for res in [12, 2, 0, 48]:
         with pytest.raises(ValueError, match='power of two'):
             small_G(res)
@@ -75,10 +78,11 @@ def test_bad_resolution_and_architecture_raise():
 
 def test_resolution_256_constructs_and_runs():
     G = Generator(512, 0, 512, 256, 3)  # default channel_base 32768
-    D = Discriminator(0, 256, 3)
+    D = Discriminator(0, 256, 3, channel_base=16384)  # paper256 width
     assert G.num_ws == 14 and G.synthesis.b256.conv1.weight.shape == (128, 128, 3, 3)
-    assert D.b256.conv0.weight.shape == (128, 128, 3, 3)
-    g = Generator(8, 0, 8, 256, 1, mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=1024, channel_max=4))
+    assert D.b256.conv0.weight.shape == (64, 64, 3, 3) and D.b4.fc.weight.shape == (512, 512 * 16)
+    g = Generator(8, 0, 8, 256, 1, mapping_kwargs=dict(num_layers=2),
+                  synthesis_kwargs=dict(channel_base=1024, channel_max=4))
     d = Discriminator(0, 256, 1, channel_base=1024, channel_max=4)
     img = g(torch.randn(1, 8), None)
     assert img.shape == (1, 1, 256, 256)
@@ -162,7 +166,7 @@ def test_mapping_lr_multiplier_scales_raw_gradients():
     m1 = MappingNetwork(8, 0, 8, num_ws=None, num_layers=2, lr_multiplier=1.0)
     m2 = MappingNetwork(8, 0, 8, num_ws=None, num_layers=2, lr_multiplier=0.01)
     with torch.no_grad():
-        for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
+        for p1, p2 in zip(m1.parameters(), m2.parameters()):
             p2.copy_(p1 / 0.01)  # identical effective weights
     z = torch.randn(5, 8)
     y1, y2 = m1(z, None), m2(z, None)
