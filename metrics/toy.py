@@ -2,8 +2,8 @@
 
 * a sample is *high quality* when it lies within ``3 std`` of its nearest mode center;
 * a mode is *covered* when at least ``min_count`` high-quality samples have it as nearest center;
-* ``kl_modes`` is KL(q || uniform) of the share ``q`` of samples per nearest mode (the data's modes
-  have equal weights), so 0 means every mode gets its share and log(M) means total collapse;
+* ``kl_modes`` is the reverse KL, KL(q || p), of the share ``q`` of samples per nearest mode against the
+  data's equal mode weights ``p``: 0 means every mode gets its share and log(M) means total collapse;
 * ``mean_dist`` is the mean distance to the nearest center (SMaRt's "on the grid" signal).
 """
 from __future__ import annotations

@@ -1,0 +1,220 @@
+"""Feature networks for FID/KID/PR/IS: found on disk (never downloaded implicitly), hash-checked, cached.
+
+The standard metrics of StyleGAN2-ADA run two TorchScript feature networks published by NVIDIA:
+
+* ``inception``: ``inception-2015-12-05.pt``, a TorchScript translation of TensorFlow's 2015-12-05
+  Inception-v3 (FID, KID, IS). ``detector(img_uint8, return_features=True)`` gives the 2048-D pool
+  features; ``detector(img_uint8, no_output_bias=True)`` the 1008-way softmax used for IS.
+* ``vgg16``: ``vgg16.pt``, VGG-16 features for precision/recall
+  (``detector(img_uint8, return_features=True)``).
+
+Both take ``uint8 [N, 3, H, W]`` images of any size (they resize internally). The newer NVIDIA code
+(stylegan3, EDM) ships the same networks pickled as ``.pkl``; a pickle can run code when loaded, so
+a ``.pkl`` is only loaded when its SHA-256 is pinned (``GANSTACK_<NAME>_SHA256`` or the
+``sha256=`` argument) and matches.
+
+No machine here can download them, so a detector is looked up in this order: the path or URL the
+user gives (``--detector [name=]PATH_OR_URL`` of ``ganstack metrics``), the environment variable
+(``GANSTACK_INCEPTION``, ``GANSTACK_VGG16``), then the cache folder
+(``$GANSTACK_CACHE/detectors``, default ``~/.cache/ganstack/detectors``). A verified file is copied
+into the cache, so it has to be given only once per machine. When none is found the error says what
+the file is, where it comes from and where to put it.
+
+SHA-256: NVIDIA does not publish digests next to these files, and none could be confirmed from here,
+so ``DetectorSpec.sha256`` is empty for both; :func:`file_sha256` of a file you trust can be pinned
+with ``GANSTACK_INCEPTION_SHA256`` (a mismatch is then an error). The digest of the file actually
+used is part of every real-statistics cache key and of every metric result.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from stylegan_base.errors import GanstackError
+
+
+class DetectorError(GanstackError):
+    """A feature network for the metrics is missing, corrupt, or not the expected file."""
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    name: str
+    filename: str
+    url: str
+    env: str
+    what: str
+    # Published SHA-256 digests of the file (any one matches). Empty: none known (see module doc).
+    sha256: tuple = field(default_factory=tuple)
+
+
+DETECTORS = {
+    "inception": DetectorSpec(
+        name="inception", filename="inception-2015-12-05.pt",
+        url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+        env="GANSTACK_INCEPTION",
+        what="the StyleGAN2-ADA TorchScript Inception-v3 (TensorFlow's inception-2015-12-05 graph, about 95 MB), "
+             "used by FID, KID and IS"),
+    "vgg16": DetectorSpec(
+        name="vgg16", filename="vgg16.pt",
+        url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt",
+        env="GANSTACK_VGG16",
+        what="the StyleGAN2-ADA TorchScript VGG-16 feature network (about 528 MB), used by precision/recall"),
+}
+
+
+def cache_root() -> str:
+    return os.environ.get("GANSTACK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ganstack")
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Detector:
+    """A loaded feature network and where it came from."""
+
+    name: str
+    module: torch.nn.Module
+    path: str
+    sha256: str
+    verified: bool  # the digest matched a published or pinned one
+
+    def __call__(self, img_uint8: torch.Tensor, **kwargs) -> torch.Tensor:
+        if img_uint8.dtype != torch.uint8:
+            raise TypeError("feature networks take uint8 images (the StyleGAN2-ADA protocol)")
+        if img_uint8.shape[1] == 1:
+            img_uint8 = img_uint8.repeat(1, 3, 1, 1)  # grayscale data, as StyleGAN3's metric code does
+        with torch.no_grad():
+            return self.module(img_uint8, **kwargs).float()
+
+
+_loaded: dict = {}
+_notified: set = set()
+
+
+def _missing_message(spec: DetectorSpec, tried: list[str]) -> str:
+    cached = os.path.join(cache_root(), "detectors", spec.filename)
+    return (f"This metric needs {spec.what}: the file {spec.filename}, published at {spec.url}. It is not "
+            f"downloaded automatically here. Fetch it on a machine with internet access and either pass "
+            f"--detector {spec.name}=/path/to/{spec.filename} to 'ganstack metrics', set {spec.env}=/path/to/"
+            f"{spec.filename} (also read by 'ganstack train --metrics'), or copy it to {cached}. "
+            f"Looked in: {'; '.join(tried) or 'nothing given'}.")
+
+
+def _is_url(s: str) -> bool:
+    return urllib.parse.urlparse(s).scheme in ("http", "https", "file")
+
+
+def _download(url: str, dest_dir: str) -> str:
+    """Fetch ``url`` into a temporary file in ``dest_dir`` (renamed into the cache once verified)."""
+    os.makedirs(dest_dir, exist_ok=True)
+    ext = os.path.splitext(urllib.parse.urlparse(url).path)[1] or ".pt"
+    fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=ext, dir=dest_dir)
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 - user-given URL
+            shutil.copyfileobj(r, f)
+    except Exception as exc:
+        os.remove(tmp)
+        raise DetectorError(f"Could not download {url} ({type(exc).__name__}: {exc}). Download it by hand and "
+                            f"give the local path instead.") from None
+    return tmp
+
+
+def _expected_digests(spec: DetectorSpec, sha256: Optional[str]) -> tuple:
+    pinned = sha256 or os.environ.get(f"{spec.env}_SHA256")
+    return (pinned.lower(),) if pinned else tuple(spec.sha256)
+
+
+def locate(name: str, given: Optional[str] = None, sha256: Optional[str] = None) -> tuple[str, str, bool]:
+    """Find, hash-check and cache detector ``name``; return ``(path, sha256, verified)``."""
+    if name not in DETECTORS:
+        raise DetectorError(f"Unknown feature network {name!r}; known: {', '.join(DETECTORS)}.")
+    spec = DETECTORS[name]
+    cache_dir = os.path.join(cache_root(), "detectors")
+    candidates = []
+    if given:
+        candidates.append(("--detector", given))
+    if os.environ.get(spec.env):
+        candidates.append((spec.env, os.environ[spec.env]))
+    for ext in (".pt", ".pkl"):
+        candidates.append(("cache", os.path.join(cache_dir, os.path.splitext(spec.filename)[0] + ext)))
+    tried = []
+    for source, value in candidates:
+        path = value
+        downloaded = False
+        if _is_url(value):
+            path = _download(value, cache_dir)
+            downloaded = True
+        path = os.path.expanduser(path)
+        if not os.path.isfile(path):
+            tried.append(f"{value} ({source})")
+            if source != "cache":
+                raise DetectorError(f"The {name} feature network given by {source} ({value}) does not exist. "
+                                    + _missing_message(spec, tried))
+            continue
+        digest = file_sha256(path)
+        expected = _expected_digests(spec, sha256)
+        if expected and digest not in expected:
+            if downloaded:
+                os.remove(path)
+            raise DetectorError(f"{value} ({source}) has SHA-256 {digest}, but {spec.filename} has "
+                                f"{' or '.join(expected)}. It is another or a corrupted file; fetch {spec.url} "
+                                f"again (or unset {spec.env}_SHA256 if you pinned a different file on purpose).")
+        verified = bool(expected)
+        if path.endswith(".pkl") and not verified:
+            raise DetectorError(f"{value} is a pickle (.pkl), which runs code when loaded, and its SHA-256 ({digest}) "
+                                f"cannot be checked against a known digest. Use the TorchScript file {spec.filename} "
+                                f"({spec.url}) instead, or pin this file with {spec.env}_SHA256={digest} if you trust it.")
+        ext = os.path.splitext(path)[1] or ".pt"
+        cached = os.path.join(cache_dir, os.path.splitext(spec.filename)[0] + ext)
+        if source != "cache" and os.path.abspath(path) != os.path.abspath(cached):
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = cached + f".tmp-{os.getpid()}"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, cached)
+            if downloaded:
+                os.remove(path)
+            path = cached
+        return path, digest, verified
+    raise DetectorError(_missing_message(spec, tried))
+
+
+def load_detector(name: str, given: Optional[str] = None, device="cpu", sha256: Optional[str] = None,
+                  log=print) -> Detector:
+    """Locate (see :func:`locate`) and load detector ``name`` once per process and device."""
+    path, digest, verified = locate(name, given, sha256)
+    key = (digest, str(device))
+    if key in _loaded:
+        return _loaded[key]
+    try:
+        if path.endswith(".pkl"):
+            import pickle
+            with open(path, "rb") as f:
+                module = pickle.load(f)  # noqa: S301 - only after the digest matched a pinned/published one
+        else:
+            module = torch.jit.load(path, map_location=device)
+    except Exception as exc:
+        raise DetectorError(f"{path} could not be loaded as the {name} feature network ({type(exc).__name__}: {exc}). "
+                            f"Expected the TorchScript file {DETECTORS[name].filename} from {DETECTORS[name].url}.") from None
+    module = module.eval().to(device)
+    if not verified and digest not in _notified:
+        _notified.add(digest)
+        log(f"note: {name} feature network {path} has SHA-256 {digest}; no published digest is known to "
+            f"ganstack, so it is not verified (pin it with {DETECTORS[name].env}_SHA256).")
+    det = Detector(name=name, module=module, path=path, sha256=digest, verified=verified)
+    _loaded[key] = det
+    return det

@@ -1,0 +1,157 @@
+"""``ganstack ablate``: a tiny grid on toy data writes the CSV, the markdown table and the plots; a second
+invocation skips finished cells; an interrupted cell resumes exactly; stack/option parsing."""
+from __future__ import annotations
+
+import csv
+import importlib.metadata as importlib_metadata
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import state_equal
+from training import ablate as ab
+from training import checkpoint as ckpt_io
+from training import plugin_manager
+from training.api import ConfigError, Option, PluginError, hookimpl
+
+TINY = dict(data="toy:gaussians25?n=2048", kimg=0.256, tick=0.128, batch=32, mlp_hidden=32, workers=0, image_snap=100)
+
+
+@pytest.fixture(autouse=True)
+def no_snapshot_scatter_plots(monkeypatch):
+    """The loop's per-tick scatter PNGs are not under test here and cost a second each on a CPU."""
+    monkeypatch.setattr("training.loop.save_scatter_panels", lambda *a, **k: False)
+
+
+class Jitter:
+    """Adds Gaussian noise to everything D sees (a test plugin with one option)."""
+
+    @hookimpl
+    def add_options(self):
+        return [Option("std", float, 0.05, "noise standard deviation", min=0.0)]
+
+    @hookimpl
+    def configure(self, opts):
+        self.std = opts.std
+
+    @hookimpl
+    def augment_d_input(self, x):
+        return x.replace(img=x.img + self.std * torch.randn_like(x.img))
+
+
+@pytest.fixture
+def with_jitter(monkeypatch):
+    """Registers Jitter as an installed plugin (an entry point), as a third-party package would."""
+    ep = importlib_metadata.EntryPoint(name="jitter", value="test_ablate:Jitter", group="ganstack.plugins")
+    original = plugin_manager.discover
+    monkeypatch.setattr(plugin_manager, "discover", lambda extra_entry_points=None: original([ep]))
+
+
+def _quiet(*_):
+    pass
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_stacks_two_seeds_write_table_and_plots_and_rerun_skips(tmp_path, with_jitter, monkeypatch):
+    out = str(tmp_path / "abl")
+    res = ab.ablate(out, ["none", "jitter jitter.std=0.1"], [0, 1], dict(TINY), log=_quiet)
+    assert not any(res["errors"].values())
+    rows = _rows(res["csv"])
+    assert [(r["stack"], r["seed"], r["status"]) for r in rows] == [
+        ("none", "0", "done"), ("none", "1", "done"),
+        ("jitter [jitter.std=0.1]", "0", "done"), ("jitter [jitter.std=0.1]", "1", "done")]
+    assert all(float(r["kimg"]) == pytest.approx(0.256) for r in rows)
+    for key in ("toy/modes", "toy/hq_share", "toy/kl_modes", "toy/nfe"):
+        assert all(r[key] != "" for r in rows), key
+    assert {r["toy/nfe"] for r in rows} == {"1"}
+    # The jitter cells really ran with their option (the checkpoint records it).
+    snap = ab.newest_checkpoint(os.path.join(out, "cells", "jitter_jitter.std=0.1", "seed0"))
+    assert ckpt_io.load(snap)["plugin_options"] == {"jitter": {"std": 0.1}}
+
+    md = open(res["md"]).read()
+    assert "| none | 2/2 |" in md and "| jitter [jitter.std=0.1] | 2/2 |" in md
+    assert "toy/modes ↑" in md and "toy/kl_modes ↓" in md and "**" in md
+    for png in (res["curves"], res["samples"]):
+        assert os.path.getsize(png) > 10_000
+
+    # Second invocation: nothing is trained again, the reports are rewritten from the cells.
+    def no_training(*a, **k):
+        raise AssertionError("a finished cell was trained again")
+    monkeypatch.setattr("training.cli.run_training", no_training)
+    logs = []
+    res2 = ab.ablate(out, ["none", "jitter jitter.std=0.1"], [0, 1], dict(TINY), log=logs.append)
+    assert any("Skipping 4 finished cell(s)" in m for m in logs)
+    assert _rows(res2["csv"]) == rows
+
+    # Another budget in the same folder is refused rather than mixed in.
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="other settings"):
+        ab.run_cell(ab.plan(out, ab.build_stacks(["none"]), [0])[0], dict(TINY, kimg=1.0))
+
+
+def test_interrupted_cell_resumes_from_its_checkpoint_exactly(tmp_path):
+    from training.cli import run_training
+
+    settings = dict(TINY, snap=1, metrics=("toy",))
+    straight = ab.ablate(str(tmp_path / "straight"), ["none"], [0], dict(settings), log=_quiet)
+    # An interrupted cell: trained to half the budget, marked running (as a killed process leaves it).
+    cell = ab.plan(str(tmp_path / "resumed"), ab.build_stacks(["none"]), [0])[0]
+    fp = ab.cell_fingerprint(settings, cell.stack, 0)
+    ab._write_cell(cell.dir, dict(status="running", fingerprint=fp))
+    run_training(ab.make_config(dict(settings, kimg=0.128), 0), [], {}, cell.dir, log=_quiet)
+    resumed = ab.ablate(str(tmp_path / "resumed"), ["none"], [0], dict(settings), log=_quiet)
+
+    runs = ab.run_dirs(cell.dir)
+    assert len(runs) == 2
+    opts = json.load(open(os.path.join(runs[1], "training_options.json")))
+    assert opts["resume"] and os.path.dirname(opts["resume"]) == runs[0]
+    a = ckpt_io.load(ab.newest_checkpoint(straight["cells"][0].dir))
+    b = ckpt_io.load(ab.newest_checkpoint(cell.dir))
+    assert a["cur_nimg"] == b["cur_nimg"] == 256
+    assert state_equal(a["G_ema"], b["G_ema"]) and state_equal(a["D"], b["D"])
+    # The metric history spans both run folders of the resumed cell.
+    hist = ab.cell_history(cell.dir)["toy"]
+    assert min(hist) < 0.128 < max(hist) == pytest.approx(0.256)
+    assert _rows(resumed["csv"])[0]["toy/modes"] == _rows(straight["csv"])[0]["toy/modes"]
+
+
+def test_stack_parsing_options_and_sweep(with_jitter):
+    stacks = ab.build_stacks(["none", "jitter", "jitter jitter.std=0.2"], ["jitter.std=0.3"])
+    assert [s.label for s in stacks] == ["none", "jitter [jitter.std=0.3]", "jitter [jitter.std=0.2]"]
+    swept = ab.build_stacks(["none", "jitter"], sweep="jitter.std=0.01,0.1")
+    assert [s.label for s in swept] == ["none", "jitter [jitter.std=0.01]", "jitter [jitter.std=0.1]"]
+    with pytest.raises(ConfigError, match="no stack enables 'ada'"):
+        ab.build_stacks(["none", "jitter"], ["ada.p=0.1"])
+    with pytest.raises(ConfigError, match="appear more than once"):
+        ab.build_stacks(["jitter", "jitter"])
+    with pytest.raises(ConfigError, match="does not enable"):
+        ab.build_stacks(["none jitter.std=0.1"])
+    with pytest.raises(PluginError, match="Unknown plugin 'nosuch'.*jitter"):
+        ab.validate_stacks(ab.build_stacks(["nosuch"]))
+    with pytest.raises(PluginError, match=r"Stack 'jitter \[jitter.std=-1\]'.*out of range"):
+        ab.validate_stacks(ab.build_stacks(["jitter jitter.std=-1"]))
+    s = ab.train_settings(dict(data="toy:ring8", kimg=5, cfg=None), ["glr=0.002", "g_betas=0.5,0.9", "cond=1"])
+    assert s == dict(data="toy:ring8", kimg=5, glr=0.002, g_betas=(0.5, 0.9), cond=True)
+    with pytest.raises(ConfigError, match="training option"):
+        ab.train_settings({}, ["nosuch=1"])
+
+
+def test_markdown_marks_the_best_mean_per_column(tmp_path):
+    stacks = [ab.StackSpec([]), ab.StackSpec(["x"]), ab.StackSpec(["y"])]
+    rows = []
+    for label, modes, kl in (("none", [20, 22], [0.5, 0.7]), ("x", [25, 25], [0.1, 0.3]), ("y", [24, 23], [0.05, 0.05])):
+        for seed, (m, k) in enumerate(zip(modes, kl)):
+            rows.append(dict(stack=label, seed=seed, status="done", values={"toy/modes": m, "toy/kl_modes": k,
+                                                                             "toy/nfe": 1.0, "toy/sec": 3.0}))
+    text = ab.write_markdown(rows, ["toy/modes", "toy/kl_modes", "toy/nfe"], stacks, str(tmp_path / "r.md"), "t", [])
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert "**25 ± 0**" in lines["x"] and "21 ± 1.41" in lines["none"] and "0.2 ± 0.141" in lines["x"]
+    assert "**0.05 ± 0**" in lines["y"] and "**" not in lines["none"]
+    assert "toy/nfe |" in lines["stack"] and "toy/sec" not in text
+    assert lines["x"].endswith("| 1 |")  # nfe: no spread shown
