@@ -1,5 +1,209 @@
-"""Placeholder while the smart plugin is being written (replaced by its implementation)."""
+"""SMaRt (Xia et al., ICML 2024): a score-matching regularity on the generator from a frozen score model.
+
+The regularity (paper Eq. 10, conditional form Eq. 15) is added to G's loss::
+
+    L_score = E_{z, eps, t} [ || eps_theta(alpha_t G(z) + sigma_t eps, t, c) - eps ||^2 ],   total L_G + lambda L_score
+
+with ``t`` uniform in ``[t_min, t_max]`` of a 1000-step VP schedule and the squared error averaged
+over the sample's dimensions (the ``mean_flat`` of the ADM training loss in the official code's
+``third_party/guided_diffusion/gaussian_diffusion.py``). By Eq. 11-12 it is proportional to the
+squared length of one DDIM refinement step ``R(G(z)) - G(z)``, which vanishes only on the data
+manifold, so it keeps pushing off-manifold samples back when the adversarial loss has no gradient.
+
+Paper defaults (Sec. 3.4, Appendix B.1, Table 6): ``lambda = 0.01``, ``t in [40, 60]`` and lazy
+frequency 8 for CIFAR-10-sized data; ``lambda = 0.1``, ``t in [25, 35]`` for ImageNet / LSUN.
+
+How it plugs into the loop
+--------------------------
+* **Lazy, through ``lazy_regularizers``.** The term is a G regularizer of interval ``k`` (``--smart-interval``,
+  8). It is evaluated on the steps ``s`` with ``s % k == 0`` (step 0 included) in the ``Greg`` phase,
+  multiplied by ``k`` (the lazy gain, so its average weight per step is ``lambda``), and G's Adam
+  lr and betas are corrected as StyleGAN2 does. With several G regularizers (path length every 4 on
+  image presets) one ``Greg`` phase runs on every step where *any* of them is due and evaluates only
+  the due ones; the correction is ``mb_ratio = 1 / (1 + f)`` with ``f`` the share of steps that have
+  a ``Greg`` phase (``training.loop.lazy_mb_ratio``): path length 4 + SMaRt 8 gives ``f = 1/4`` and
+  ``mb_ratio = 0.8``, the same as path length alone, because every 8th step is also a 4th.
+  ``--smart-interval 1`` evaluates the term inside ``Gmain`` on every step, without gain or correction.
+* **It regularizes G(z) itself** (``ctx.sample()``, the sampler's output), never the augmented image:
+  ADA / DiffAugment / Diffusion-GAN augments act on what D sees only, so ``--plugins ada,diffusion,smart``
+  stacks in any order. Labels of a conditional GAN go to the score model when it is conditional.
+* **The score model is frozen**: loaded once at start-up (``eval()``, ``requires_grad_(False)``), held
+  by the plugin, never registered in G or D, never in the optimizer or the checkpoint. Only its path
+  (the option) is saved; the random draws (``t``, ``eps``) use the global torch RNG, which checkpoints
+  restore, so resumes are exact.
+* **Score models** (``--smart-score``): a checkpoint or run folder of ``ganstack train-score``;
+  ``analytic``, the exact score of the built-in ``toy:*`` mixtures (their centers and std come from the
+  dataset's ``info()['toy']``, which the ``network_kwargs`` hook receives as ``data_info``); or
+  ``empirical``, the exact score of the training set (the ideal denoiser), for point files.
+  A model at another resolution is refused unless ``--smart-resize area|bilinear`` asks to compute
+  the regularity on G(z) resized to the model's resolution.
+* **Omitting the U-Net Jacobian** (``--smart-omit-jacobian``, paper Table 5/7, DreamFusion's trick): the
+  score model runs without autograd and the surrogate ``lambda * mean(sg(eps_pred - eps) * x_t)`` has
+  the gradient ``lambda * alpha_t * (eps_pred - eps) / dim`` with respect to G(z), i.e. Eq. 10's
+  gradient with the Jacobian of ``eps_theta`` (and the factor 2) left out.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from plugins.score_models import SCHEDULES, VPSchedule, make_score_model
+from training.api import LazyRegularizer, Option, PluginError, hookimpl
+
+RESIZE_MODES = ("off", "area", "bilinear")
+INCOMPATIBLE = {
+    "ddgan": "DDGAN's training fakes are intermediate states x_{t-1} of its denoising chain, not samples G(z), "
+             "so a score model of clean data would pull them to the wrong place",
+}
+
+
+def smart_loss(model, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: VPSchedule, weight: float,
+               c: Optional[torch.Tensor] = None, omit_jacobian: bool = False):
+    """SMaRt's term for samples ``x = G(z)``, steps ``t [N]`` and noise ``eps`` (like ``x``).
+
+    Returns ``(loss [N], mse [N])``: ``mse`` is Eq. 10's ``mean_dims (eps_theta(x_t, t) - eps)^2``, and
+    ``loss`` is what is backpropagated: ``weight * mse`` (exact gradient through the score model), or
+    with ``omit_jacobian`` the surrogate ``weight * mean_dims(sg(eps_theta - eps) * x_t)``, whose
+    gradient with respect to ``x`` is ``weight * alpha_t * (eps_theta - eps) / dim``.
+    """
+    shape = [-1] + [1] * (x.ndim - 1)
+    alpha = schedule.alpha(t, like=x).reshape(shape)
+    sigma = schedule.sigma(t, like=x).reshape(shape)
+    x_t = alpha * x + sigma * eps
+    if omit_jacobian:
+        with torch.no_grad():
+            residual = model.eps(x_t.detach(), t, c, schedule) - eps
+        mse = residual.square().flatten(1).mean(1)
+        loss = weight * (residual * x_t).flatten(1).mean(1)
+    else:
+        residual = model.eps(x_t, t, c, schedule) - eps
+        mse = residual.square().flatten(1).mean(1)
+        loss = weight * mse
+    return loss, mse.detach()
 
 
 class SmartPlugin:
-    """(not implemented yet)"""
+    """SMaRt: score-matching regularity lambda*||eps_theta(alpha_t G(z) + sigma_t eps, t) - eps||^2 on G, lazy every 8 steps.
+
+    A lazy G regularizer (interval k = --smart-interval): evaluated on steps divisible by k, multiplied by k,
+    with StyleGAN2's lr/beta correction over all G regularizers (see the module docstring). It acts on G(z)
+    itself, never on the augmented image, so it stacks with ada, diffaug and diffusion in any order. The score
+    model (--smart-score: a train-score checkpoint or run folder, 'analytic' or 'empirical') is frozen, loaded
+    once, and never saved; only its path is. --smart-omit-jacobian skips the backward through it.
+    """
+
+    def __init__(self):
+        self.opts = None
+        self.data_info: Optional[dict] = None
+        self.model = None
+        self.schedule: Optional[VPSchedule] = None
+        self._device = None
+        self._tick_scores: list[float] = []
+
+    @hookimpl
+    def add_options(self):
+        return [
+            Option("score", str, None,
+                   "the score model: a `ganstack train-score` checkpoint or run folder; 'analytic' (exact score of a "
+                   "built-in toy:* mixture) or 'empirical' (exact score of the training set)"),
+            Option("weight", float, 0.01, "lambda_score, the weight of the regularity (paper: 0.01 CIFAR-10, "
+                                          "0.1 ImageNet/LSUN)", min=0.0),
+            Option("t_min", int, 40, "lowest VP timestep drawn, of --smart-timesteps (paper: 40 CIFAR-10, 25 ImageNet)",
+                   min=0),
+            Option("t_max", int, 60, "highest VP timestep drawn, inclusive (paper: 60 CIFAR-10, 35 ImageNet)", min=0),
+            Option("interval", int, 8, "lazy interval k: evaluated every k steps with gain k (paper: 8); "
+                                       "1 = every step inside Gmain", min=1),
+            Option("schedule", str, "linear", "VP schedule that maps t to (alpha_t, sigma_t): DDPM linear or "
+                                              "cosine", choices=SCHEDULES),
+            Option("timesteps", int, 1000, "number of steps T of the VP schedule", min=2),
+            Option("omit_jacobian", bool, False, "skip backpropagation through the score model (surrogate gradient "
+                                                 "(eps_pred - eps) * dx_t/dG; paper Table 5: less memory)"),
+            Option("resize", str, "off", "score a G(z) resized to the score model's resolution when they differ "
+                                         "(off = refuse)", choices=RESIZE_MODES),
+        ]
+
+    @hookimpl
+    def configure(self, opts, cfg, stack):
+        self.opts = opts
+        if not opts.score:
+            raise PluginError("The smart plugin needs a score model: give --smart-score PATH (a checkpoint or run "
+                              "folder of `ganstack train-score --data SAME_DATA`), --smart-score analytic (the exact "
+                              "score of the built-in toy:* mixtures) or --smart-score empirical (the exact score of "
+                              "the training points).")
+        if not opts.t_min <= opts.t_max < opts.timesteps:
+            raise PluginError(f"--smart-t-min {opts.t_min} and --smart-t-max {opts.t_max} must satisfy "
+                              f"0 <= t_min <= t_max < --smart-timesteps {opts.timesteps}; the paper uses [40, 60] "
+                              f"(CIFAR-10) or [25, 35] (ImageNet) of 1000.")
+        for other, why in INCOMPATIBLE.items():
+            if other in stack:
+                raise PluginError(f"smart cannot stack with {other}: {why}. Use smart with a one-step generator "
+                                  f"(the StyleGAN2 backbone, with ada, diffaug, diffusion or clr).")
+        self.schedule = VPSchedule(opts.schedule, opts.timesteps)
+        self.use_labels = bool(cfg.cond)
+        self.data_spec = cfg.data
+
+    @hookimpl
+    def network_kwargs(self, role, data_info):
+        if role == "G":
+            self.data_info = dict(data_info)  # kept to build the score model in lazy_regularizers
+
+    @hookimpl
+    def lazy_regularizers(self, cfg):
+        if self.opts.weight == 0:
+            return []
+        self._load_score_model(cfg)
+        return [LazyRegularizer("smart", "G", self.opts.interval, self._regularity)]
+
+    @hookimpl
+    def after_step(self, stats):
+        if "Loss/smart/score" in stats:  # all-reduced step mean: identical on every rank
+            self._tick_scores.append(float(stats["Loss/smart/score"]))
+
+    @hookimpl
+    def report_stats(self):
+        if not self._tick_scores:
+            return None
+        out = {"score": sum(self._tick_scores) / len(self._tick_scores)}
+        self._tick_scores = []
+        return out
+
+    def _load_score_model(self, cfg) -> None:
+        if self.model is not None:
+            return  # loaded once per run
+        if self.data_info is None:  # not built through build_networks: read the dataset's description
+            from stylegan_base.datasets import open_dataset
+            self.data_info = open_dataset(cfg.data, use_labels=cfg.cond).info()
+        if self.data_info["kind"] != "image" and self.opts.resize != "off":
+            raise PluginError(f"--smart-resize {self.opts.resize} applies to images; the dataset holds points. "
+                              f"Drop --smart-resize.")
+        self.model = make_score_model(self.opts.score, self.data_info, use_labels=self.use_labels,
+                                      resize=self.opts.resize, dataset_spec=self.data_spec, who="--smart-score")
+        self._device = torch.device("cpu")
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        if model.kind == "image" and x.shape[-1] != model.img_resolution:
+            size = (model.img_resolution, model.img_resolution)
+            if self.opts.resize == "area":
+                x = F.interpolate(x, size=size, mode="area")
+            else:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def _regularity(self, ctx) -> torch.Tensor:
+        if self._device != ctx.device:
+            self.model = self.model.to(ctx.device)
+            self._device = ctx.device
+        model = self.model
+        x = self._prepare(ctx.sample().img)
+        n = x.shape[0]
+        t = self.schedule.sample_t(n, self.opts.t_min, self.opts.t_max, device=x.device)
+        eps = torch.randn_like(x)
+        c = ctx.c if model.label_dim else None
+        loss, mse = smart_loss(model, x, t, eps, self.schedule, self.opts.weight, c=c,
+                               omit_jacobian=self.opts.omit_jacobian)
+        ctx.report("Loss/smart/score", mse)
+        ctx.report("Loss/smart/reg", loss.detach())
+        return loss

@@ -1,0 +1,271 @@
+"""Denoising Diffusion GAN (Xiao, Kreis and Vahdat, ICLR 2022) as a ganstack plugin.
+
+A ``T``-step VP diffusion (T = 4, beta_min 0.1, beta_max 20; Appendix C, Eq. 16) whose every denoising
+step ``p(x_{t-1} | x_t)`` is a conditional GAN: ``G(x_t, z, t)`` predicts ``x_0`` and ``x_{t-1}`` is drawn
+from the Gaussian posterior ``q(x_{t-1} | x_t, x_0)`` (Appendix A); ``D(x_{t-1}, x_t, t)`` tells real
+pairs from generated ones with the non-saturating loss and R1 on ``x_{t-1}``.
+
+How it sits on the loop:
+
+* ``build_generator`` / ``build_discriminator`` replace the backbone networks (:mod:`.networks`).
+* ``prepare_reals`` turns each phase's real batch ``x_0`` into the pair: D's image input becomes
+  ``x_{t-1}`` (so the core R1 differentiates with respect to ``x_{t-1}`` exactly), and ``x_t`` and ``t``
+  travel in ``DInput.extra``. The phase's ``t`` and ``x_t`` are stashed in ``ctx.scratch`` so that the
+  fake branch of the same phase denoises the same ``x_t``.
+* ``sampler`` makes the fake ``x_{t-1}`` during training, and runs the whole chain
+  ``x_T ~ N(0, I) -> ... -> x_0`` (T generator calls; the last returns G's ``x_0`` prediction) for
+  snapshots, metrics and ``ganstack generate``. Checkpoints record the plugin stack, so loading a
+  ddgan checkpoint rebuilds this sampler without flags.
+* ``configure`` applies the paper's recommended settings where the user did not set them, and
+  refuses stacks whose meaning is undefined on ``(x_{t-1}, x_t)`` pairs.
+
+Pre-D augment plugins: an augment that changes ``x_{t-1}`` but not ``x_t`` breaks the pair D judges, and
+instance noise (diffusion) is a second forward process on top of this one, so they are refused. A
+third-party augment may declare ``augments_ddgan_pairs = True`` on its plugin class to say that its
+``augment_d_input`` applies the same transform to ``x.extra['x_t']`` as to ``x.img``; it is then allowed.
+"""
+from __future__ import annotations
+
+import importlib.metadata as importlib_metadata
+import math
+
+import torch
+
+from plugins.ddgan.networks import (DDGANImageDiscriminator, DDGANImageGenerator, DDGANPointDiscriminator,
+                                    DDGANPointGenerator)
+from plugins.ddgan.schedule import VPSchedule
+from stylegan_base.errors import CheckpointError
+from training.api import ENTRY_POINT_GROUP, DInput, Option, Plugin, PluginError, hookimpl
+
+__all__ = ["DDGANPlugin", "VPSchedule", "ema_kimg_for_decay", "sample_chain"]
+
+# Pre-D augments whose meaning on (x_{t-1}, x_t) pairs is undefined, with the reason.
+_PAIR_UNSAFE_AUGMENTS = {
+    "ada": "ADA augments the image D sees, which for ddgan is x_{t-1} alone; x_t, the condition D compares "
+           "it against, would stay un-augmented, so real pairs would no longer be consistent denoising pairs",
+    "diffaug": "DiffAugment transforms the image D sees, which for ddgan is x_{t-1} alone; x_t would stay "
+               "untransformed, so D would judge pairs that no denoising step can produce",
+    "diffusion": "Diffusion-GAN's instance noise is a second forward diffusion on top of ddgan's own; ddgan "
+                 "already trains D on diffused pairs, and extra noise on x_{t-1} alone breaks the pair",
+}
+# Other plugins whose losses assume that fakes are clean one-step samples G(z).
+_UNDEFINED_WITH_DDGAN = {
+    "smart": "SMaRt's score regularity scores G's output as a clean sample; under ddgan the fakes are noisy "
+             "x_{t-1} at a random step t, so the pretrained score model would be evaluated at the wrong noise "
+             "level",
+    "clr": "CLR-GAN reconstructs x from G(phi(x)) with a one-step generator; ddgan's generator also needs x_t "
+           "and t, and its fakes are x_{t-1} pairs, so the latent-consistency losses have no defined target",
+}
+
+
+def ema_kimg_for_decay(decay: float, batch: int) -> float:
+    """The G_ema half-life in kimg equal to a per-step EMA ``decay`` at total batch ``batch``.
+
+    The loop uses ``beta = 0.5 ** (batch / (ema_kimg * 1000))``; solving ``beta = decay`` gives
+    ``ema_kimg = batch * ln(0.5) / ln(decay) / 1000`` (0.9999 at batch 128: 887 kimg).
+    """
+    if decay <= 0:
+        return 0.0
+    return batch * math.log(0.5) / math.log(decay) / 1000
+
+
+def _g_call_kwargs(G_kwargs: dict) -> dict:
+    keep = ("truncation_psi", "truncation_cutoff", "update_emas", "fused_modconv")
+    return {k: v for k, v in (G_kwargs or {}).items() if k in keep}
+
+
+def _sample_shape(G, n: int) -> list:
+    if getattr(G, "is_image", False):
+        return [n, G.img_channels, G.img_resolution, G.img_resolution]
+    return [n, G.out_dim]
+
+
+@torch.no_grad()
+def sample_chain(G, schedule: VPSchedule, z: torch.Tensor, c: torch.Tensor, G_kwargs=None,
+                 return_steps: bool = False):
+    """Ancestral sampling: ``x_T ~ N(0, I)``, then ``T`` generator calls.
+
+    Step ``t`` predicts ``x_0 = G(x_t, z_t, t)`` and draws ``x_{t-1}`` from the posterior; the last step
+    (t = 1, zero posterior variance) returns the ``x_0`` prediction. ``z`` is the latent of the first
+    call; later calls draw fresh latents, as the official sampler does. Random draws use the global
+    torch RNG (callers such as ``generate`` and the metrics seed or fork it).
+    """
+    n = z.shape[0]
+    kwargs = _g_call_kwargs(G_kwargs)
+    x = torch.randn(_sample_shape(G, n), device=z.device)
+    steps = []
+    for step in range(schedule.T, 0, -1):
+        t = torch.full([n], step, dtype=torch.int64, device=z.device)
+        x0 = G(x, z if step == schedule.T else torch.randn_like(z), t, c, **kwargs)
+        steps.append(x0)
+        x = x0 if step == 1 else schedule.posterior_sample(x0, x, t)
+    return (x, steps) if return_steps else x
+
+
+class DDGANPlugin(Plugin):
+    """Denoising Diffusion GAN: T denoising steps, each a conditional GAN G(x_t, z, t) vs D(x_{t-1}, x_t, t)."""
+
+    def __init__(self):
+        self.schedule = VPSchedule()
+
+    # ------------------------------------------------------------------------------------------
+    # Start-up
+
+    @hookimpl
+    def add_options(self):
+        return [
+            Option("steps", int, 4, "number of denoising steps T (Appendix C.2: 4 for all datasets; Table 2 "
+                   "ablates 1, 2, 4, 8; the official CelebA-HQ command uses 2)", min=1, max=1000),
+            Option("beta_min", float, 0.1, "VP-SDE beta_min of the forward process (Appendix C.2, Eq. 16)", min=0.0),
+            Option("beta_max", float, 20.0, "VP-SDE beta_max of the forward process (Appendix C.2, Eq. 16)", min=0.0),
+            Option("t_eps", float, 0.0, "start of the VP time grid: 0 is Eq. 16 as printed, the official code "
+                   "uses 1e-3", min=0.0, max=0.5),
+            Option("ema_decay", float, 0.9999, "per-step G EMA decay, converted to --ema kimg for the run's batch "
+                   "(Table 8: 0.9999 CIFAR-10, 0.999 CelebA-HQ/LSUN; 0 = no EMA); --ema wins if given",
+                   min=0.0, max=0.999999),
+        ]
+
+    @hookimpl
+    def configure(self, opts, cfg, stack):
+        if opts.beta_max < opts.beta_min:
+            raise PluginError(f"--ddgan-beta-max {opts.beta_max} is below --ddgan-beta-min {opts.beta_min}; the VP "
+                              f"schedule needs beta_min <= beta_max (paper: 0.1 and 20).")
+        self._check_stack(stack)
+        self.schedule = VPSchedule(opts.steps, opts.beta_min, opts.beta_max, opts.t_eps)
+        images = str(cfg.cfg) != "toy"
+        # Recommended settings where the user gave none: Appendix C.2 and Table 8 (CIFAR-10) for images,
+        # Appendix C.5 for the 2-D toy data (Adam lr 1e-4 for both networks).
+        cfg.set_default("g_betas", (0.5, 0.9))
+        cfg.set_default("d_betas", (0.5, 0.9))
+        cfg.set_default("glr", 1.6e-4 if images else 1e-4)
+        cfg.set_default("dlr", 1e-4)
+        cfg.set_default("gamma", 0.05)
+        cfg.set_default("r1_interval", 1)  # the paper applies R1 every step; --r1-interval k makes it lazy
+        cfg.set_default("pl_weight", 0.0)
+        cfg.set_default("style_mixing", 0.0)
+        cfg.set_default("ema_kimg", ema_kimg_for_decay(opts.ema_decay, cfg.batch))
+        if cfg.ema_rampup is None and not cfg.is_user_set("ema_kimg"):
+            # A half-life of thousands of steps would leave a short run's G_ema near its initial weights;
+            # StyleGAN2-ADA's rampup (half-life <= 5% of the images seen) only binds early in long runs.
+            cfg.set_default("ema_rampup", 0.05)
+        if images:
+            cfg.set_default("z_dim", 256)  # Table 6, CIFAR-10: latent dimension 256, 3 mapping layers
+            cfg.set_default("map_depth", 3)
+        if cfg.pl_weight and cfg.pl_weight > 0:
+            raise PluginError(f"--pl-weight {cfg.pl_weight} asks for StyleGAN2's path-length regularizer, which "
+                              f"needs a generator of W+ styles; ddgan's G(x_t, z, t) has none. Use --pl-weight 0.")
+        if cfg.style_mixing and cfg.style_mixing > 0:
+            raise PluginError(f"--style-mixing {cfg.style_mixing} is not available with ddgan: its generator takes "
+                              f"one style per call and no per-layer W+ to mix. Use --style-mixing 0.")
+
+    def _check_stack(self, stack):
+        for name in stack:
+            if name == self.name or name == "ddgan":
+                continue
+            if name in _UNDEFINED_WITH_DDGAN:
+                raise PluginError(f"Plugins ddgan and {name} cannot be combined: {_UNDEFINED_WITH_DDGAN[name]}. "
+                                  f"Train {name} on the one-step backbone, or ddgan without {name}.")
+            cls = _plugin_class(name)
+            if cls is not None and getattr(cls, "augments_ddgan_pairs", False):
+                continue
+            if name in _PAIR_UNSAFE_AUGMENTS:
+                raise PluginError(f"Plugins ddgan and {name} cannot be combined: {_PAIR_UNSAFE_AUGMENTS[name]}. "
+                                  f"Drop {name} from --plugins (ddgan's diffusion already smooths what D sees, "
+                                  f"Sec. 3.2).")
+            if cls is not None and callable(getattr(cls, "augment_d_input", None)):
+                raise PluginError(f"Plugin {name} augments what D sees, but ddgan's D judges pairs (x_{{t-1}}, x_t) "
+                                  f"and {name} would change x_{{t-1}} alone. Drop {name} from --plugins, or give "
+                                  f"its class augments_ddgan_pairs = True once its augment_d_input transforms "
+                                  f"x.extra['x_t'] the same way as x.img.")
+
+    @hookimpl
+    def build_generator(self, kwargs, data_info, cfg):
+        if data_info["kind"] == "image":
+            syn = kwargs.get("synthesis_kwargs", {})
+            return DDGANImageGenerator(
+                z_dim=kwargs["z_dim"], c_dim=kwargs["c_dim"], w_dim=kwargs["w_dim"],
+                img_resolution=kwargs["img_resolution"], img_channels=kwargs["img_channels"],
+                channel_base=syn.get("channel_base", 32768), channel_max=syn.get("channel_max", 512),
+                map_depth=kwargs.get("mapping_kwargs", {}).get("num_layers", 3), conv_clamp=syn.get("conv_clamp"))
+        return DDGANPointGenerator(z_dim=kwargs["z_dim"], c_dim=kwargs["c_dim"], out_dim=kwargs["out_dim"],
+                                   hidden=kwargs["hidden"], num_hidden_layers=kwargs["num_hidden_layers"])
+
+    @hookimpl
+    def build_discriminator(self, kwargs, data_info, cfg):
+        if data_info["kind"] == "image":
+            return DDGANImageDiscriminator(
+                c_dim=kwargs["c_dim"], img_resolution=kwargs["img_resolution"], img_channels=kwargs["img_channels"],
+                channel_base=kwargs.get("channel_base", 32768), channel_max=kwargs.get("channel_max", 512),
+                mbstd_group_size=kwargs.get("epilogue_kwargs", {}).get("mbstd_group_size", 4),
+                conv_clamp=kwargs.get("conv_clamp"))
+        return DDGANPointDiscriminator(c_dim=kwargs["c_dim"], in_dim=kwargs["in_dim"], hidden=kwargs["hidden"],
+                                       num_hidden_layers=kwargs["num_hidden_layers"])
+
+    # ------------------------------------------------------------------------------------------
+    # Every phase
+
+    @hookimpl
+    def prepare_reals(self, reals, ctx):
+        x0 = reals.img
+        t = torch.randint(1, self.schedule.T + 1, [x0.shape[0]], device=x0.device)  # per-sample, uniform
+        x_prev, x_t = self.schedule.q_sample_pairs(x0, t)
+        ctx.scratch["ddgan"] = {"t": t, "x_t": x_t}
+        return reals.replace(img=x_prev, extra={**reals.extra, "x_t": x_t, "t": t})
+
+    @hookimpl
+    def sampler(self, G, z, c, ctx, G_kwargs):
+        if ctx is None:
+            return DInput(img=sample_chain(G, self.schedule, z, c, G_kwargs), c=c)
+        pair = ctx.scratch.get("ddgan")
+        if pair is None:
+            raise RuntimeError("ddgan's sampler ran in a training phase whose reals were not prepared by ddgan's "
+                               "prepare_reals hook")
+        t, x_t = pair["t"], pair["x_t"]
+        if z.shape[0] != x_t.shape[0]:
+            raise ValueError(f"ddgan denoises this phase's x_t ({x_t.shape[0]} samples) and needs as many latents, "
+                             f"got {z.shape[0]}")
+        x0 = G(x_t, z, t, c, **_g_call_kwargs(G_kwargs))
+        x_prev = self.schedule.posterior_sample(x0, x_t, t)
+        return DInput(img=x_prev, c=c, extra={"x_t": x_t, "t": t})
+
+    @hookimpl
+    def d_loss(self, ctx, real, fake):
+        # Diagnostics only (the paper's Fig. 10): D's loss per denoising step; adds no term.
+        t = ctx.scratch["ddgan"]["t"]
+        per_sample = (torch.nn.functional.softplus(-real.logits) + torch.nn.functional.softplus(fake.logits))
+        for step in range(1, self.schedule.T + 1):
+            ctx.report(f"Loss/ddgan/D_t{step}", per_sample.detach()[t == step])  # empty selections are skipped
+        return None
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    @hookimpl
+    def report_stats(self):
+        return {"T": self.schedule.T}
+
+    @hookimpl
+    def state_dict(self):
+        return {"model": "ddgan", "schedule": self.schedule.describe()}
+
+    @hookimpl
+    def load_state_dict(self, state):
+        saved = state.get("schedule", {})
+        mine = self.schedule.describe()
+        if saved.get("T") != mine["T"] or any(abs(a - b) > 1e-12 for a, b in
+                                               zip(saved.get("alpha_bars", []), mine["alpha_bars"])):
+            raise CheckpointError(f"The checkpoint's ddgan schedule (T={saved.get('T')}, alpha_bar "
+                                  f"{saved.get('alpha_bars')}) differs from the one these options build "
+                                  f"(T={mine['T']}, alpha_bar {mine['alpha_bars']}). Load it with the ddgan "
+                                  f"options it was trained with (they are stored in the checkpoint).")
+
+
+def _plugin_class(name: str):
+    """The installed plugin class registered under ``name`` (None if it is not an installed plugin)."""
+    try:
+        for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == name:
+                return ep.load()
+    except Exception:  # noqa: BLE001 - the plugin manager reports broken plugins itself
+        return None
+    return None

@@ -1,0 +1,408 @@
+"""Training a small EDM denoiser on a ganstack dataset (the engine of ``ganstack train-score``).
+
+It reuses the GAN trainer's machinery: the resumable real-batch stream (``training.data.RealStream``),
+atomic checkpoints and RNG capture/restore (``training.checkpoint``), the status line
+(``Trainer.format_status`` / ``format_time``) and the StyleGAN2-ADA run-folder layout
+(``log.txt``, ``training_options.json``, ``stats.jsonl``). A checkpoint holds the raw and EMA
+weights, Adam's state, the counters, the options and the RNG states, so ``--resume`` continues
+exactly: N steps straight and N/2 + resume + N/2 give bitwise-identical weights.
+
+Defaults follow EDM (``NVlabs/edm`` ``train.py``): Adam betas (0.9, 0.999), eps 1e-8, lr 1e-3,
+EMA half-life 500 kimg ramped up as ``0.05 * cur_nimg``, loss summed over pixels and averaged over
+the batch, non-finite gradients zeroed. Deviations, for runs of a few hundred kimg: the learning-rate
+ramp-up is 10 kimg (EDM: 10 Mimg) and the networks are small (:mod:`plugins.score_models.edm`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from plugins.score_models import io as score_io
+from plugins.score_models.edm import EDMLoss, EDMPrecond, edm_sample, ema_beta, update_ema
+from stylegan_base.errors import CheckpointError
+from training import checkpoint as ckpt_io
+from training.api import ConfigError
+from training.data import RealStream
+from training.loop import Trainer, format_time
+
+# Options a resumed run may change (everything else comes from the checkpoint).
+RESUME_MUTABLE = ("kimg", "tick", "snap", "keep", "workers", "device", "pictures")
+
+
+@dataclass
+class ScoreTrainConfig:
+    """Every option of a ``train-score`` run (saved in its checkpoints). None = automatic."""
+
+    data: str = "toy:gaussians25"
+    cond: bool = False
+    mirror: bool = False
+    max_size: Optional[int] = None
+    kimg: float = 200.0
+    batch: Optional[int] = None          # 64 for images, 256 for points
+    lr: float = 1e-3                     # EDM's DDPM++ CIFAR-10 learning rate
+    lr_rampup_kimg: float = 10.0
+    ema_kimg: float = 500.0              # EDM: 0.5 Mimg half-life ...
+    ema_rampup: Optional[float] = 0.05   # ... ramped up as 0.05 * cur_nimg
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    sigma_data: float = 0.5
+    arch: str = "auto"                   # unet for images, mlp for points
+    channels: Optional[int] = None       # U-Net base channels (32) or MLP width (256)
+    channel_mult: str = "1,2,2"
+    blocks: Optional[int] = None         # U-Net blocks per level (2) or MLP layers (4)
+    dropout: float = 0.0
+    seed: int = 0
+    tick: Optional[float] = None         # kimg per status line: 4 images, 20 points
+    snap: int = 10                       # ticks per checkpoint
+    keep: int = 5
+    workers: int = 2
+    device: str = "auto"
+    pictures: bool = True                # sample a picture (Heun, 18 steps) at each checkpoint
+    _user_set: set = field(default_factory=set, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScoreTrainConfig":
+        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CheckpointError(f"The score checkpoint's options include {unknown}, unknown to this ganstack; "
+                                  f"use the version that wrote it.")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resolve_config(cfg: ScoreTrainConfig, data_info: dict) -> ScoreTrainConfig:
+    """Fill the automatic options from the dataset and check ranges (ConfigError with a fix)."""
+    kind = data_info["kind"]
+    if cfg.arch == "auto":
+        cfg.arch = "unet" if kind == "image" else "mlp"
+    if cfg.arch not in ("unet", "mlp"):
+        raise ConfigError(f"--arch {cfg.arch!r} is unknown; use auto, unet (images) or mlp (points).")
+    if (cfg.arch == "unet") != (kind == "image"):
+        raise ConfigError(f"--arch {cfg.arch} does not fit {kind} data ({cfg.data!r}); use --arch auto.")
+    if cfg.batch is None:
+        cfg.batch = 64 if kind == "image" else 256
+    if cfg.channels is None:
+        cfg.channels = 32 if kind == "image" else 256
+    if cfg.blocks is None:
+        cfg.blocks = 2 if kind == "image" else 4
+    if cfg.tick is None:
+        cfg.tick = 4.0 if kind == "image" else 20.0
+    checks = [
+        (cfg.kimg > 0, f"--kimg must be positive, got {cfg.kimg}."),
+        (cfg.batch >= 1, f"--batch must be >= 1, got {cfg.batch}."),
+        (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}."),
+        (cfg.ema_kimg >= 0, f"--ema must be >= 0 kimg, got {cfg.ema_kimg}."),
+        (cfg.sigma_data > 0 and cfg.P_std > 0, "--sigma-data and --p-std must be positive."),
+        (cfg.channels >= 4 and cfg.blocks >= 1, "--channels must be >= 4 and --blocks >= 1."),
+        (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}."),
+        (cfg.tick > 0 and cfg.snap >= 1 and cfg.keep >= 0, "--tick must be > 0, --snap >= 1, --keep >= 0."),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    if cfg.cond and not data_info.get("label_dim"):
+        raise ConfigError(f"--cond needs labels, but {cfg.data!r} has none (add a dataset.json with labels).")
+    if kind == "image":
+        mult = _parse_mult(cfg.channel_mult)
+        if data_info["resolution"] % (2 ** (len(mult) - 1)):
+            raise ConfigError(f"--channel-mult {cfg.channel_mult} has {len(mult)} levels, which needs a resolution "
+                              f"divisible by {2 ** (len(mult) - 1)}; the data is {data_info['resolution']}x"
+                              f"{data_info['resolution']}. Use fewer levels.")
+    return cfg
+
+
+def _parse_mult(s: str) -> list[int]:
+    try:
+        mult = [int(v) for v in str(s).split(",") if v.strip()]
+    except ValueError:
+        mult = []
+    if not mult or any(m < 1 for m in mult):
+        raise ConfigError(f"--channel-mult {s!r} must be positive integers separated by commas, e.g. 1,2,2.")
+    return mult
+
+
+def arch_spec(cfg: ScoreTrainConfig, data_info: dict) -> dict:
+    label_dim = int(data_info.get("label_dim") or 0) if cfg.cond else 0
+    if cfg.arch == "unet":
+        return {"name": "unet", "kwargs": dict(img_resolution=int(data_info["resolution"]),
+                                               img_channels=int(data_info["num_channels"]), label_dim=label_dim,
+                                               model_channels=int(cfg.channels),
+                                               channel_mult=_parse_mult(cfg.channel_mult),
+                                               num_blocks=int(cfg.blocks), dropout=float(cfg.dropout))}
+    return {"name": "mlp", "kwargs": dict(point_dim=int(data_info["point_dim"]), label_dim=label_dim,
+                                          hidden=int(cfg.channels), num_layers=int(cfg.blocks))}
+
+
+class ScoreTrainer:
+    """One ``train-score`` run: ``run()`` trains to ``cfg.kimg``; ``step()`` does one step (tests)."""
+
+    def __init__(self, cfg: ScoreTrainConfig, dataset, run_dir: Optional[str] = None, resume: Optional[dict] = None,
+                 device=None, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.dataset = dataset
+        self.data_info = dataset.info()
+        self.run_dir = run_dir
+        self.log = log
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2 ** 32)
+        self.arch = arch_spec(cfg, self.data_info)
+        self.net = EDMPrecond(self.arch, sigma_data=cfg.sigma_data).to(self.device).train().requires_grad_(True)
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.loss_fn = EDMLoss(cfg.P_mean, cfg.P_std, cfg.sigma_data)
+        self.cur_nimg = 0
+        self.cur_tick = 0
+        self.tick_start_nimg = 0
+        self._tick_losses: list[float] = []
+        if resume is not None:
+            self._load(resume)
+        self.stream = RealStream(dataset, cfg.batch, self.device, seed=cfg.seed, rank=0, world_size=1,
+                                 start=self.cur_nimg, workers=cfg.workers)
+        self._stop_signal = None
+
+    # -- one step ------------------------------------------------------------------------------
+    def step(self) -> float:
+        cfg = self.cfg
+        x, c = next(self.stream)
+        labels = c if self.net.label_dim else None
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * min(self.cur_nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1.0)
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.net, x, labels)
+        loss.sum().div(x.shape[0]).backward()  # EDM: summed over pixels, averaged over the batch
+        for p in self.net.parameters():
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        self.opt.step()
+        self.cur_nimg += x.shape[0]
+        update_ema(self.ema, self.net, ema_beta(x.shape[0], self.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
+        value = float(loss.detach().mean())
+        self._tick_losses.append(value)
+        return value
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_dict(self) -> dict:
+        cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}  # noqa: E731
+        return {
+            "arch": self.arch,
+            "sigma_data": self.cfg.sigma_data,
+            "model": cpu(self.ema.state_dict()),
+            "data": self.data_info,
+            "training": {
+                "net": cpu(self.net.state_dict()),
+                "opt": self.opt.state_dict(),
+                "options": self.cfg.to_dict(),
+                "cur_nimg": self.cur_nimg,
+                "cur_tick": self.cur_tick,
+                "tick_start_nimg": self.tick_start_nimg,
+                "rng": ckpt_io.capture_rng(),
+            },
+        }
+
+    def save_checkpoint(self) -> Optional[str]:
+        if self.run_dir is None:
+            return None
+        path = score_io.snapshot_path(self.run_dir, self.cur_nimg)
+        score_io.save_checkpoint(self.checkpoint_dict(), path)
+        score_io.prune_snapshots(self.run_dir, self.cfg.keep)
+        return path
+
+    def _load(self, ckpt: dict) -> None:
+        tr = ckpt.get("training")
+        if not tr:
+            raise CheckpointError(f"{ckpt.get('path')!r} holds only an exported model, without the training state "
+                                  f"needed to resume; start a new run instead.")
+        try:
+            self.net.load_state_dict(tr["net"])
+            self.ema.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"The score checkpoint does not fit the network these options build "
+                                  f"({str(exc).splitlines()[0]}).") from None
+        self.opt.load_state_dict(tr["opt"])
+        self.cur_nimg = tr["cur_nimg"]
+        self.cur_tick = tr["cur_tick"]
+        self.tick_start_nimg = tr["tick_start_nimg"]
+        ckpt_io.restore_rng(tr["rng"])
+
+    # -- pictures ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def save_pictures(self, name: str, n: Optional[int] = None) -> Optional[str]:
+        """Samples of the EMA model (Heun, 18 steps) next to the data, without touching training RNG."""
+        if self.run_dir is None or not self.cfg.pictures:
+            return None
+        from training.snapshots import grid_shape, save_image_grid, save_scatter_panels
+        path = os.path.join(self.run_dir, f"{name}.png")
+        image = self.data_info["kind"] == "image"
+        if image:
+            gw, gh = grid_shape(self.data_info["resolution"])
+            gh = min(gh, 4)
+            n = gw * gh
+        else:
+            n = n or 1000
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            g = torch.Generator(device=self.device).manual_seed(0)
+            latents = torch.randn([n, *self.ema.sample_shape], generator=g, device=self.device)
+            labels = None
+            if self.ema.label_dim:
+                idx = torch.randint(len(self.dataset), (n,), generator=g, device=self.device).tolist()
+                labels = torch.from_numpy(np.stack([self.dataset.get_label(i) for i in idx])).to(self.device)
+            x = torch.cat([edm_sample(self.ema, latents[i:i + 256], None if labels is None else labels[i:i + 256])
+                           for i in range(0, n, 256)])
+        if image:
+            save_image_grid(x.clamp(-1, 1), path, (gw, gh))
+            return path
+        ref = np.asarray(self.dataset.get_batch(np.arange(min(len(self.dataset), 2000)))[0])
+        centers = (self.data_info.get("toy") or {}).get("centers")
+        ok = save_scatter_panels([(f"score-model samples at {self.cur_nimg / 1000:.1f} kimg", x.cpu().numpy())], path,
+                                 reference=ref, centers=None if centers is None else np.asarray(centers))
+        return path if ok else None
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.log(f"\nReceived {signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+                     f"(press Ctrl-C again to abort without saving).")
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return old
+
+    def _write_jsonl(self, record: dict) -> None:
+        if self.run_dir is not None:
+            with open(os.path.join(self.run_dir, "stats.jsonl"), "at") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run(self) -> Optional[str]:
+        cfg = self.cfg
+        total = int(round(cfg.kimg * 1000))
+        if self.cur_nimg >= total:
+            self.log(f"Nothing to do: the run is already at {self.cur_nimg / 1e3:.1f} kimg >= --kimg {cfg.kimg:g}.")
+            return None
+        old = self._install_signal_handlers()
+        start = tick_start = time.time()
+        maintenance = 0.0
+        last = None
+        self.log(f"Training the score model for {cfg.kimg:g} kimg from {self.cur_nimg / 1e3:.1f} kimg ...")
+        try:
+            while True:
+                self.step()
+                done = self.cur_nimg >= total
+                stop = self._stop_signal is not None
+                if not (done or stop or self.cur_tick == 0 or self.cur_nimg >= self.tick_start_nimg + cfg.tick * 1000):
+                    continue
+                now = time.time()
+                tick_nimg = self.cur_nimg - self.tick_start_nimg
+                from training.loop import _cpu_mem_gb  # the same measurement as `ganstack train`
+                fields = {"tick": self.cur_tick, "kimg": self.cur_nimg / 1e3, "time": now - start,
+                          "sec/tick": now - tick_start, "sec/kimg": (now - tick_start) / max(tick_nimg, 1) * 1e3,
+                          "maintenance": maintenance, "cpumem": _cpu_mem_gb(),
+                          "gpumem": (torch.cuda.max_memory_allocated(self.device) / 2 ** 30)
+                          if self.device.type == "cuda" else 0.0}
+                loss = float(np.mean(self._tick_losses)) if self._tick_losses else float("nan")
+                lr = self.opt.param_groups[0]["lr"]
+                self.log(Trainer.format_status(fields, {"loss": loss, "lr": lr}))
+                self._write_jsonl({"Loss/score": {"num": len(self._tick_losses), "mean": loss},
+                                   "Progress/tick": self.cur_tick, "Progress/kimg": self.cur_nimg / 1e3,
+                                   "Timing/total_sec": now - start, "Timing/sec_per_kimg": fields["sec/kimg"],
+                                   "Timing/maintenance_sec": maintenance, "lr": lr, "timestamp": now})
+                self._tick_losses = []
+                t0 = time.time()
+                finished = self.cur_tick
+                self.cur_tick += 1
+                self.tick_start_nimg = self.cur_nimg
+                if done or stop or finished % cfg.snap == 0:
+                    last = self.save_checkpoint() or last
+                    if last:
+                        self.log(f"  checkpoint: {last}  (elapsed {format_time(time.time() - start)})")
+                    if not stop and (finished > 0 or done):
+                        self.save_pictures(f"samples{ckpt_io.kimg_tag(self.cur_nimg)}")
+                maintenance = time.time() - t0
+                tick_start = time.time()
+                if stop:
+                    self.log("Stopped by signal after writing the checkpoint above; resume with --resume.")
+                    break
+                if done:
+                    break
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        if self._stop_signal is not None:
+            raise SystemExit(128 + int(self._stop_signal))
+        self.log("Done.")
+        return last
+
+
+def merge_resume(cfg: ScoreTrainConfig, ckpt: dict) -> ScoreTrainConfig:
+    """The checkpoint's options, with the few a resumed run may change taken from ``cfg``."""
+    saved = ScoreTrainConfig.from_dict(ckpt["training"]["options"])
+    conflicts = []
+    for name in sorted(cfg._user_set):
+        if name in RESUME_MUTABLE:
+            setattr(saved, name, getattr(cfg, name))
+        elif getattr(cfg, name) != getattr(saved, name):
+            conflicts.append(f"--{name.replace('_', '-')} {getattr(cfg, name)!r} (checkpoint: {getattr(saved, name)!r})")
+    if conflicts:
+        raise CheckpointError("A resumed score run continues with the options of its checkpoint, but these differ: "
+                              + "; ".join(conflicts) + ". Drop them or start a new run. Only "
+                              + ", ".join("--" + n for n in RESUME_MUTABLE) + " may change.")
+    return saved
+
+
+def run_training(cfg: ScoreTrainConfig, outdir: str, resume: Optional[str] = None, log=None, device=None) -> str:
+    """Everything ``ganstack train-score`` does after parsing its options; returns the run folder."""
+    from stylegan_base.datasets import open_dataset
+    from training.cli import Tee, new_run_dir
+
+    resume_ckpt = None
+    if resume:
+        resume_ckpt = score_io.read_checkpoint(resume, what="--resume checkpoint")
+        cfg = merge_resume(cfg, resume_ckpt)
+    dev = device or cfg.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dataset = open_dataset(cfg.data, mirror=cfg.mirror, max_size=cfg.max_size, use_labels=cfg.cond)
+    info = dataset.info()
+    resolve_config(cfg, info)
+    if resume_ckpt is not None:
+        saved = resume_ckpt.get("data") or {}
+        diff = [k for k in ("kind", "resolution", "num_channels", "point_dim", "label_dim") if saved.get(k) != info.get(k)]
+        if diff:
+            raise CheckpointError(f"The score checkpoint was trained on data of another shape than {cfg.data!r} "
+                                  f"({', '.join(diff)} differ); resume with the dataset it was trained on.")
+    name = f"{info.get('name', 'data')}-score-{cfg.arch}"
+    run_dir = new_run_dir(outdir, name.replace("/", "_")[:100])
+    log = log or Tee(os.path.join(run_dir, "log.txt"))
+    with open(os.path.join(run_dir, "training_options.json"), "wt") as f:
+        json.dump({"score_config": cfg.to_dict(), "dataset": info,
+                   "resume": resume_ckpt["path"] if resume_ckpt else None}, f, indent=2)
+    trainer = ScoreTrainer(cfg, dataset, run_dir=run_dir, resume=resume_ckpt, device=dev, log=log)
+    n_params = sum(p.numel() for p in trainer.net.parameters())
+    log(f"Run folder:   {run_dir}")
+    log(f"Dataset:      {cfg.data} ({info['len']} items, {info['kind']})")
+    log(f"Score model:  EDM-preconditioned {cfg.arch}, {n_params / 1e6:.2f} M params, sigma_data {cfg.sigma_data:g}, "
+        f"P_mean {cfg.P_mean:g}, P_std {cfg.P_std:g}, {'conditional' if trainer.net.label_dim else 'unconditional'}")
+    log(f"Optimiser:    Adam lr {cfg.lr:g} (ramp-up {cfg.lr_rampup_kimg:g} kimg), batch {cfg.batch}, "
+        f"EMA half-life {cfg.ema_kimg:g} kimg (ramp-up {cfg.ema_rampup}), device {dev}")
+    if resume_ckpt is not None:
+        log(f"Resuming from {resume_ckpt['path']} at {trainer.cur_nimg / 1000:.1f} kimg.")
+    trainer.run()
+    return run_dir
