@@ -241,18 +241,24 @@ def is_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
 # ------------------------------------------------------------------------------------------------
 # Digits (the project's own classifier; no download)
 
+def _digit_setup(match, dataset, device, opts, default: int):
+    """Common start of the digit metrics: options, sample count and the (verified) digit classifier."""
+    from metrics.digits import load_classifier
+
+    _need_images(match.group(0), dataset)
+    opts = opts or MetricOptions()
+    net, digest = load_classifier(opts.classifier, device)
+    return opts, _count(match, default=default), net, digest
+
+
 @register_pattern(r"stackedmnist(?:(\d+)(k?))?", "stackedmnist")
 def stackedmnist_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
     """Modes out of ``10^C`` (1000 for RGB StackedMNIST) and KL(q || uniform), 26k samples by default."""
-    from metrics.digits import load_classifier, mode_histogram
+    from metrics.digits import mode_histogram
     from metrics.features import ForwardCounter, iter_fakes, quantize
     from metrics.formulas import categorical_kl
 
-    name = match.group(0)
-    _need_images(name, dataset)
-    opts = opts or MetricOptions()
-    num = _count(match, default=26000)
-    net, digest = load_classifier(opts.classifier, device)
+    opts, num, net, digest = _digit_setup(match, dataset, device, opts, default=26000)
     channels = dataset.info()["num_channels"]
     counter = ForwardCounter(G)
     batches = (quantize(img) for img in iter_fakes(G, stack, num, device, seed=opts.seed, batch=opts.batch,
@@ -265,15 +271,11 @@ def stackedmnist_metric(match, G, stack, dataset, device, cfg=None, opts=None, *
 @register_pattern(r"digits_fid(?:(\d+)(k?))?", "digits_fid")
 def digits_fid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
     """FID in the digit classifier's penultimate features (per channel, concatenated); 10k fakes by default."""
-    from metrics.digits import channel_features, load_classifier
+    from metrics.digits import channel_features
     from metrics.features import generated_stats, real_stats
     from metrics.formulas import frechet_distance
 
-    name = match.group(0)
-    _need_images(name, dataset)
-    opts = opts or MetricOptions()
-    num = _count(match, default=10000)
-    net, digest = load_classifier(opts.classifier, device)
+    opts, num, net, digest = _digit_setup(match, dataset, device, opts, default=10000)
 
     def extractor(img):
         return channel_features(net, img.to(device))

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from stylegan_base import ops
-from training.api import Option, Plugin, PluginError, hookimpl
+from training.api import Option, Plugin, PluginError, SignController, hookimpl
 
 # Low-pass filters of orthogonal wavelets (coefficients from the official augment.py; facts, not code).
 SYM2 = [-0.12940952255092145, 0.22414386804185735, 0.836516303737469, 0.48296291314469025]
@@ -466,10 +466,8 @@ class AdaPlugin(Plugin):
     def _setup(self, o: dict) -> None:
         self.o = dict(o)
         self.pipe = AugmentPipe(**pipe_multipliers(o["augpipe"]), resample=o["resample"])
-        self.p = float(o["p"])
-        self.steps = 0
-        self.acc_sum = 0.0
-        self.acc_n = 0
+        self.ctl = SignController(target=o["target"], interval=o["interval"], speed_kimg=o["ada_kimg"],
+                                  adaptive=o["adaptive"], p=float(o["p"]))
 
     @hookimpl
     def network_kwargs(self, role, kwargs, data_info):
@@ -496,21 +494,14 @@ class AdaPlugin(Plugin):
             return None
         return x.replace(img=self.pipe(x.img, self.p))
 
+    @property
+    def p(self) -> float:
+        """The augmentation probability, adapted by :class:`training.api.SignController`."""
+        return self.ctl.p
+
     @hookimpl
     def after_step(self, state, stats):
-        self.steps += 1
-        if not self.o["adaptive"]:
-            return
-        value = stats.get("Loss/signs/real")
-        if value is not None and math.isfinite(value):
-            self.acc_sum += float(value)
-            self.acc_n += 1
-        if self.steps % self.o["interval"] != 0 or self.acc_n == 0:
-            return
-        rt = self.acc_sum / self.acc_n
-        self.acc_sum, self.acc_n = 0.0, 0
-        adjust = np.sign(rt - self.o["target"]) * (state.batch_size * self.o["interval"]) / (self.o["ada_kimg"] * 1000)
-        self.p = float(np.clip(self.p + adjust, 0.0, 1.0))
+        self.ctl.update(stats, state.batch_size)
 
     @hookimpl
     def report_stats(self):
@@ -518,11 +509,8 @@ class AdaPlugin(Plugin):
 
     @hookimpl
     def state_dict(self):
-        return {"p": self.p, "steps": self.steps, "acc_sum": self.acc_sum, "acc_n": self.acc_n}
+        return self.ctl.state_dict()
 
     @hookimpl
     def load_state_dict(self, state):
-        self.p = float(state["p"])
-        self.steps = int(state["steps"])
-        self.acc_sum = float(state["acc_sum"])
-        self.acc_n = int(state["acc_n"])
+        self.ctl.load_state_dict(state)

@@ -56,7 +56,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from training.api import Option, Plugin, PluginError, hookimpl
+from training.api import Option, Plugin, PluginError, SignController, hookimpl
 
 T_EPL_SIZE = 64  # Algorithm 1: t_epl has 64 entries ...
 T_EPL_ZEROS = 32  # ... of which 32 are zeros.
@@ -162,11 +162,8 @@ class DiffusionPlugin(Plugin):
         self.o = dict(o)
         self.cond_dim = 1 if o["t_embed"] == "raw" else o["t_dim"]
         self.gen = torch.Generator().manual_seed(int(seed) + 0x5EED)
-        self.p = float(o["p"])
-        self.steps = 0
-        self.acc_sum = 0.0
-        self.acc_n = 0
-        self.r_d = float("nan")
+        self.ctl = SignController(target=o["target"], interval=o["interval"], speed_kimg=o["ada_kimg"],
+                                  adaptive=o["adaptive"], p=float(o["p"]))
         self._set_T(self.T_from_p(self.p))
         self.t_epl = sample_t_epl(self.T, o["ts_dist"], self.gen)
         self._t_epl_dev = None
@@ -206,22 +203,20 @@ class DiffusionPlugin(Plugin):
         cond = embed_t(t, self.o["t_embed"], self.o["t_dim"]).to(x.c.device)
         return x.replace(img=y, c=torch.cat([x.c.to(torch.float32), cond], dim=1))
 
+    @property
+    def p(self) -> float:
+        """The level p in [0, 1] behind T, adapted by :class:`training.api.SignController`."""
+        return self.ctl.p
+
+    @property
+    def r_d(self) -> float:
+        """The interval mean of E[sign(D(y, t))] on reals behind the latest T update (nan before it)."""
+        return self.ctl.r
+
     @hookimpl
     def after_step(self, state, stats):
-        self.steps += 1
-        if not self.o["adaptive"]:
+        if not self.ctl.update(stats, state.batch_size):
             return
-        value = stats.get("Loss/signs/real")
-        if value is not None and math.isfinite(value):
-            self.acc_sum += float(value)
-            self.acc_n += 1
-        if self.steps % self.o["interval"] != 0 or self.acc_n == 0:
-            return
-        self.r_d = self.acc_sum / self.acc_n
-        self.acc_sum, self.acc_n = 0.0, 0
-        adjust = np.sign(self.r_d - self.o["target"]) * (state.batch_size * self.o["interval"]) / (
-            self.o["ada_kimg"] * 1000)
-        self.p = float(np.clip(self.p + adjust, 0.0, 1.0))
         T = self.T_from_p(self.p)
         if T != self.T:
             self._set_T(T)
@@ -238,17 +233,12 @@ class DiffusionPlugin(Plugin):
 
     @hookimpl
     def state_dict(self):
-        return {"p": self.p, "T": self.T, "t_epl": list(self.t_epl), "gen": self.gen.get_state(),
-                "steps": self.steps, "acc_sum": self.acc_sum, "acc_n": self.acc_n, "r_d": self.r_d}
+        return dict(self.ctl.state_dict(), T=self.T, t_epl=list(self.t_epl), gen=self.gen.get_state())
 
     @hookimpl
     def load_state_dict(self, state):
-        self.p = float(state["p"])
+        self.ctl.load_state_dict(state)
         self._set_T(int(state["T"]))
         self.t_epl = [int(t) for t in state["t_epl"]]
         self._t_epl_dev = None
         self.gen.set_state(state["gen"])
-        self.steps = int(state["steps"])
-        self.acc_sum = float(state["acc_sum"])
-        self.acc_n = int(state["acc_n"])
-        self.r_d = float(state["r_d"])

@@ -212,10 +212,10 @@ def test_r1_through_ada_in_a_trainer(ada_trainer):
 def test_checkpoint_keeps_p(ada_trainer, tmp_path):
     tr = ada_trainer
     plugin = tr.stack.plugins["ada"]
-    plugin.p, plugin.steps, plugin.acc_sum, plugin.acc_n = 0.375, 7, 1.5, 3
+    plugin.ctl.p, plugin.ctl.steps, plugin.ctl.acc_sum, plugin.ctl.acc_n = 0.375, 7, 1.5, 3
     torch.save(tr.checkpoint_dict(), tmp_path / "c.pt")
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)
     resumed = make_trainer(["ada"], options={"ada": {"p": 1.0, "adaptive": False}}, image=True, gamma=1.0,
                            r1_interval=4, resume=loaded)
     rp = resumed.stack.plugins["ada"]
-    assert (rp.p, rp.steps, rp.acc_sum, rp.acc_n) == (0.375, 7, 1.5, 3)
+    assert (rp.p, rp.ctl.steps, rp.ctl.acc_sum, rp.ctl.acc_n) == (0.375, 7, 1.5, 3)

@@ -225,7 +225,7 @@ def test_checkpoint_resume_keeps_T_and_continues_identically(tmp_path):
     resumed = make_trainer(["diffusion"], options=opts, resume=loaded)
     rp = resumed.stack.plugins["diffusion"]
     saved = loaded["plugin_state"]["diffusion"]
-    assert (rp.T, rp.p, rp.t_epl, rp.steps) == (saved["T"], saved["p"], saved["t_epl"], saved["steps"]) == (
+    assert (rp.T, rp.p, rp.t_epl, rp.ctl.steps) == (saved["T"], saved["p"], saved["t_epl"], saved["steps"]) == (
         ckpt["plugin_state"]["diffusion"]["T"], ckpt["plugin_state"]["diffusion"]["p"],
         ckpt["plugin_state"]["diffusion"]["t_epl"], 5)
     assert torch.equal(rp.gen.get_state(), ckpt["plugin_state"]["diffusion"]["gen"])

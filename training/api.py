@@ -213,6 +213,53 @@ class LazyRegularizer:
             raise ValueError(f"LazyRegularizer {self.name!r}: interval must be an integer >= 1, not {self.interval!r}")
 
 
+@dataclass
+class SignController:
+    """StyleGAN2-ADA's adaptive heuristic (Sec. 3), also Diffusion-GAN's Eq. 5, as a small resumable object.
+
+    Call :meth:`update` from an ``after_step`` hook with the step's all-reduced statistics. It averages
+    ``stats[key]`` (default: the mean sign of D's real logits) over ``interval`` steps, then moves ``p``
+    by ``sign(r - target) * batch_size * interval / (speed_kimg * 1000)`` and clips it to [0, 1], so
+    ``p`` can travel from 0 to 1 in ``speed_kimg`` thousand images. Every rank sees the same
+    statistics and so takes the same decision. With ``adaptive=False`` ``p`` stays where it is set.
+    """
+
+    target: float
+    interval: int
+    speed_kimg: float
+    adaptive: bool = True
+    p: float = 0.0
+    key: str = "Loss/signs/real"
+    steps: int = 0
+    acc_sum: float = 0.0
+    acc_n: int = 0
+    r: float = float("nan")  # the interval mean behind the latest update (nan before the first one)
+
+    def update(self, stats: dict, batch_size: int) -> bool:
+        """Count one training step; return True when this step moved (or re-clipped) ``p``."""
+        self.steps += 1
+        if not self.adaptive:
+            return False
+        value = stats.get(self.key)
+        if value is not None and math.isfinite(value):
+            self.acc_sum += float(value)
+            self.acc_n += 1
+        if self.steps % self.interval != 0 or self.acc_n == 0:
+            return False
+        self.r = self.acc_sum / self.acc_n
+        self.acc_sum, self.acc_n = 0.0, 0
+        sign = (self.r > self.target) - (self.r < self.target)
+        self.p = min(max(self.p + sign * batch_size * self.interval / (self.speed_kimg * 1000), 0.0), 1.0)
+        return True
+
+    def state_dict(self) -> dict:
+        return {"p": self.p, "steps": self.steps, "acc_sum": self.acc_sum, "acc_n": self.acc_n, "r": self.r}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.p, self.steps = float(state["p"]), int(state["steps"])
+        self.acc_sum, self.acc_n, self.r = float(state["acc_sum"]), int(state["acc_n"]), float(state["r"])
+
+
 class Plugin:
     """Optional base class for class-based plugins.
 

@@ -84,6 +84,47 @@ def _cpu_mem_gb() -> float:
         return float("nan")
 
 
+class StopSignals:
+    """Graceful stop on SIGINT/SIGTERM for a training loop (``ganstack train`` and ``train-score``).
+
+    Between :meth:`install` and :meth:`restore`, the first signal only sets :attr:`signum`: the loop
+    finishes its step, writes a checkpoint and calls :meth:`exit_if_stopped`, which exits with
+    ``128 + signal`` as a shell expects. A second signal raises KeyboardInterrupt at once.
+    """
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self.signum: Optional[int] = None
+        self._old: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handler(self, signum, frame):
+        if self.signum is not None:  # second Ctrl-C: give up immediately
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.log(f"\nReceived {signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+                 f"(press Ctrl-C again to abort without saving).")
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: no handlers, the loop runs to its end
+                pass
+
+    def restore(self) -> None:
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+        self._old = {}
+
+    def exit_if_stopped(self) -> None:
+        if self.signum is not None:
+            raise SystemExit(128 + int(self.signum))
+
+
 class Trainer:
     """One training run. ``run()`` trains to ``cfg.kimg``; ``step()`` does a single step (tests)."""
 
@@ -132,7 +173,7 @@ class Trainer:
             self._load(resume)
         self.stream = RealStream(dataset, cfg.batch_gpu, self.device, seed=cfg.seed, rank=self.rank,
                                  world_size=self.world, start=self.batch_idx * cfg.batch, workers=cfg.workers)
-        self._stop_signal = None
+        self._stop = StopSignals(self.log)
         self._grid = None
         self._tb = None
 
@@ -323,24 +364,9 @@ class Trainer:
             parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
         return " ".join(parts)
 
-    def _install_signal_handlers(self):
-        def handler(signum, frame):
-            if self._stop_signal is not None:  # second Ctrl-C: give up immediately
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-            self.log(f"\nReceived {signal.Signals(signum).name}: finishing this step and writing a checkpoint "
-                     f"(press Ctrl-C again to abort without saving).")
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        return old
-
     def _stop_requested(self) -> bool:
-        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=self.device)
-        return bool(distributed.all_reduce_sum_(flag).item() > 0) if self.world > 1 else self._stop_signal is not None
+        flag = torch.tensor([1.0 if self._stop.requested else 0.0], device=self.device)
+        return bool(distributed.all_reduce_sum_(flag).item() > 0) if self.world > 1 else self._stop.requested
 
     def _write_jsonl(self, record: dict):
         if self.rank != 0 or self.run_dir is None:
@@ -382,7 +408,7 @@ class Trainer:
         if self.cur_nimg >= cfg.total_nimg:
             self.log(f"Nothing to do: the run is already at {self.cur_nimg / 1e3:.1f} kimg >= --kimg {cfg.kimg}.")
             return None
-        old_handlers = self._install_signal_handlers()
+        self._stop.install()
         start_time = time.time()
         tick_start_time = start_time
         maintenance = 0.0
@@ -435,11 +461,9 @@ class Trainer:
                 if done:
                     break
         finally:
-            for sig, h in old_handlers.items():
-                signal.signal(sig, h)
+            self._stop.restore()
             if self._tb is not None:
                 self._tb.close()
-        if self._stop_signal is not None:
-            raise SystemExit(128 + int(self._stop_signal))
+        self._stop.exit_if_stopped()
         self.log("Done.")
         return last_ckpt
