@@ -19,6 +19,14 @@ How it sits on the loop:
 * ``configure`` applies the paper's recommended settings where the user did not set them, and
   refuses stacks whose meaning is undefined on ``(x_{t-1}, x_t)`` pairs.
 
+G_ema: the loop's EMA is a half-life in kimg, ``beta = 0.5 ** (batch / (ema_kimg * 1000))``, so the
+paper's per-step decay is converted for the run's batch (0.9999 at batch 128 is 887 kimg). By default
+(``ema_decay = -1``) image presets get Table 8's 0.9999 and ``--cfg toy`` keeps the toy preset's 1-kimg
+half-life (Appendix C.5's 2-D setup lists no EMA; 0.9999 at batch 256 would be a 1774-kimg
+half-life, longer than a toy run). Whenever a decay is applied and the preset has no rampup, the
+half-life is capped at 5% of the images seen (StyleGAN2-ADA's ``ema_rampup`` 0.05), so a short run's
+G_ema follows G instead of staying at its initial weights. ``--ema`` given by the user always wins.
+
 Pre-D augment plugins: an augment that changes ``x_{t-1}`` but not ``x_t`` breaks the pair D judges, and
 instance noise (diffusion) is a second forward process on top of this one, so they are refused. A
 third-party augment may declare ``augments_ddgan_pairs = True`` on its plugin class to say that its
@@ -38,6 +46,9 @@ from stylegan_base.errors import CheckpointError
 from training.api import ENTRY_POINT_GROUP, DInput, Option, Plugin, PluginError, hookimpl
 
 __all__ = ["DDGANPlugin", "VPSchedule", "ema_kimg_for_decay", "sample_chain"]
+
+AUTO_EMA = -1.0  # ema_decay's "automatic" value (see DDGANPlugin._apply_ema)
+PAPER_EMA_DECAY = 0.9999  # Table 8, CIFAR-10 (and StackedMNIST, Appendix C.5: "same as CIFAR-10")
 
 # Pre-D augments whose meaning on (x_{t-1}, x_t) pairs is undefined, with the reason.
 _PAIR_UNSAFE_AUGMENTS = {
@@ -107,6 +118,7 @@ class DDGANPlugin(Plugin):
 
     def __init__(self):
         self.schedule = VPSchedule()
+        self.ema_decay = None  # the per-step G_ema decay configure applied (None: preset's or user's --ema)
 
     # ------------------------------------------------------------------------------------------
     # Start-up
@@ -120,9 +132,11 @@ class DDGANPlugin(Plugin):
             Option("beta_max", float, 20.0, "VP-SDE beta_max of the forward process (Appendix C.2, Eq. 16)", min=0.0),
             Option("t_eps", float, 0.0, "start of the VP time grid: 0 is Eq. 16 as printed, the official code "
                    "uses 1e-3", min=0.0, max=0.5),
-            Option("ema_decay", float, 0.9999, "per-step G EMA decay, converted to --ema kimg for the run's batch "
-                   "(Table 8: 0.9999 CIFAR-10, 0.999 CelebA-HQ/LSUN; 0 = no EMA); --ema wins if given",
-                   min=0.0, max=0.999999),
+            Option("ema_decay", float, AUTO_EMA, "per-step G EMA decay, converted to --ema kimg for the run's batch "
+                   "(Table 8: 0.9999 CIFAR-10, 0.999 CelebA-HQ/LSUN; 0 = no EMA). -1 (default) = automatic: 0.9999 on "
+                   "image presets; on --cfg toy the preset's own 1-kimg EMA, since Appendix C.5 lists no EMA for the "
+                   "2-D data. Where the preset has no EMA rampup, a decay's half-life is capped at 5% of the images seen "
+                   "(StyleGAN2-ADA's rampup 0.05). --ema wins if given", min=-1.0, max=0.999999),
         ]
 
     @hookimpl
@@ -143,11 +157,7 @@ class DDGANPlugin(Plugin):
         cfg.set_default("r1_interval", 1)  # the paper applies R1 every step; --r1-interval k makes it lazy
         cfg.set_default("pl_weight", 0.0)
         cfg.set_default("style_mixing", 0.0)
-        cfg.set_default("ema_kimg", ema_kimg_for_decay(opts.ema_decay, cfg.batch))
-        if cfg.ema_rampup is None and not cfg.is_user_set("ema_kimg"):
-            # A half-life of thousands of steps would leave a short run's G_ema near its initial weights;
-            # StyleGAN2-ADA's rampup (half-life <= 5% of the images seen) only binds early in long runs.
-            cfg.set_default("ema_rampup", 0.05)
+        self.ema_decay = self._apply_ema(opts.ema_decay, cfg, images)
         if images:
             cfg.set_default("z_dim", 256)  # Table 6, CIFAR-10: latent dimension 256, 3 mapping layers
             cfg.set_default("map_depth", 3)
@@ -157,6 +167,31 @@ class DDGANPlugin(Plugin):
         if cfg.style_mixing and cfg.style_mixing > 0:
             raise PluginError(f"--style-mixing {cfg.style_mixing} is not available with ddgan: its generator takes "
                               f"one style per call and no per-layer W+ to mix. Use --style-mixing 0.")
+
+    @staticmethod
+    def _apply_ema(decay: float, cfg, images: bool):
+        """Set G_ema's half-life from the per-step ``decay`` where the user gave no ``--ema``.
+
+        Returns the per-step decay in force (None where the preset's or the user's ``--ema`` is kept).
+        ``AUTO_EMA`` means Table 8's 0.9999 on images and the toy preset's own EMA on 2-D data: Appendix
+        C.5's 25-Gaussian setup lists no EMA, and 0.9999 per step at the toy batch of 256 is a
+        1774-kimg half-life, longer than the toy runs, which would leave G_ema at its initialisation.
+        """
+        if decay != AUTO_EMA and decay < 0:
+            raise PluginError(f"--ddgan-ema-decay {decay} is not a per-step EMA decay: give a value in [0, 1) "
+                              f"(0.9999 in Table 8 for CIFAR-10, 0 for no EMA), or -1 for the automatic choice.")
+        if cfg.is_user_set("ema_kimg"):
+            return None
+        if decay == AUTO_EMA:
+            if not images:
+                return None  # keep the toy preset's half-life
+            decay = PAPER_EMA_DECAY
+        cfg.set_default("ema_kimg", ema_kimg_for_decay(decay, cfg.batch))
+        if cfg.ema_rampup is None:
+            # A half-life of thousands of steps would leave a short run's G_ema near its initial weights;
+            # StyleGAN2-ADA's rampup (half-life <= 5% of the images seen) only binds early in long runs.
+            cfg.set_default("ema_rampup", 0.05)
+        return decay
 
     def _check_stack(self, stack):
         for name in stack:
