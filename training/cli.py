@@ -237,7 +237,7 @@ def run_training(cfg: TrainConfig, plugin_names, plugin_options: dict, outdir: s
     log(f"Preset:       {cfg.cfg}  batch {cfg.batch}  glr {cfg.glr:g}  dlr {cfg.dlr:g}  gamma {cfg.gamma:g}  "
         f"kimg {cfg.kimg:g}  GPUs {world}  device {dev}")
     log(f"Plugins:      {', '.join(stack.names) or 'none'}" + (
-        "" if not stack.names else "   (pre-D augments in this order)"))
+        "" if len(stack.names) < 2 else "   (pre-D augments run in this order)"))
     for name in stack.names:
         opts = ", ".join(f"{k}={v}" for k, v in stack.options[name].as_dict().items())
         if opts:

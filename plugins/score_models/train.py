@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import json
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -32,7 +31,7 @@ from stylegan_base.errors import CheckpointError
 from training import checkpoint as ckpt_io
 from training.api import ConfigError
 from training.data import RealStream
-from training.loop import Trainer, format_time
+from training.loop import StopSignals, Trainer, _cpu_mem_gb, format_time
 
 # Options a resumed run may change (everything else comes from the checkpoint).
 RESUME_MUTABLE = ("kimg", "tick", "snap", "keep", "workers", "device", "pictures")
@@ -171,7 +170,7 @@ class ScoreTrainer:
             self._load(resume)
         self.stream = RealStream(dataset, cfg.batch, self.device, seed=cfg.seed, rank=0, world_size=1,
                                  start=self.cur_nimg, workers=cfg.workers)
-        self._stop_signal = None
+        self._stop = StopSignals(self.log)
 
     # -- one step ------------------------------------------------------------------------------
     def step(self) -> float:
@@ -271,21 +270,6 @@ class ScoreTrainer:
         return path if ok else None
 
     # -- the loop ------------------------------------------------------------------------------
-    def _install_signal_handlers(self):
-        def handler(signum, frame):
-            if self._stop_signal is not None:
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-            self.log(f"\nReceived {signal.Signals(signum).name}: finishing this step and writing a checkpoint "
-                     f"(press Ctrl-C again to abort without saving).")
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        return old
-
     def _write_jsonl(self, record: dict) -> None:
         if self.run_dir is not None:
             with open(os.path.join(self.run_dir, "stats.jsonl"), "at") as f:
@@ -297,7 +281,7 @@ class ScoreTrainer:
         if self.cur_nimg >= total:
             self.log(f"Nothing to do: the run is already at {self.cur_nimg / 1e3:.1f} kimg >= --kimg {cfg.kimg:g}.")
             return None
-        old = self._install_signal_handlers()
+        self._stop.install()
         start = tick_start = time.time()
         maintenance = 0.0
         last = None
@@ -306,12 +290,11 @@ class ScoreTrainer:
             while True:
                 self.step()
                 done = self.cur_nimg >= total
-                stop = self._stop_signal is not None
+                stop = self._stop.requested
                 if not (done or stop or self.cur_tick == 0 or self.cur_nimg >= self.tick_start_nimg + cfg.tick * 1000):
                     continue
                 now = time.time()
                 tick_nimg = self.cur_nimg - self.tick_start_nimg
-                from training.loop import _cpu_mem_gb  # the same measurement as `ganstack train`
                 fields = {"tick": self.cur_tick, "kimg": self.cur_nimg / 1e3, "time": now - start,
                           "sec/tick": now - tick_start, "sec/kimg": (now - tick_start) / max(tick_nimg, 1) * 1e3,
                           "maintenance": maintenance, "cpumem": _cpu_mem_gb(),
@@ -343,10 +326,8 @@ class ScoreTrainer:
                 if done:
                     break
         finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-        if self._stop_signal is not None:
-            raise SystemExit(128 + int(self._stop_signal))
+            self._stop.restore()
+        self._stop.exit_if_stopped()
         self.log("Done.")
         return last
 
