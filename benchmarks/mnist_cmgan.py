@@ -15,7 +15,9 @@ Prerequisites (all written outside the repo)::
 
 Each mode trains in-process (``training.loop.Trainer``) from the same seed; ``--modes 'cd;cmgan;gan'`` adds the
 pure GAN of Appendix A. The final G_ema of each mode is saved to ``<outdir>/<run>.pt`` (a normal
-ganstack checkpoint, usable with ``ganstack generate``), so ``--eval-only`` re-evaluates without training.
+ganstack checkpoint, usable with ``ganstack generate``), so ``--eval-only`` re-evaluates without training and
+``--skip-trained`` finishes an interrupted comparison (or adds a run) without retraining the runs already saved
+in ``<outdir>`` (it refuses an outdir trained with other data/teacher/kimg/seed/options).
 
 CPU etiquette: one thread. Everything is small: a 16-channel U-Net, a narrow StyleGAN2 D, a few tens of
 kimg. The numbers say which way the method moves a model at this scale, not what it reaches on a GPU.
@@ -190,6 +192,8 @@ def main(argv=None):
     ap.add_argument("--num-fid", type=int, default=2000, help="generated samples per digits_fid")
     ap.add_argument("--record-every", type=int, default=25)
     ap.add_argument("--eval-only", action="store_true", help="evaluate the saved <outdir>/<run>.pt")
+    ap.add_argument("--skip-trained", action="store_true", help="do not retrain a run whose <outdir>/<run>.pt and "
+                    "results.json entry exist (finish an interrupted comparison with the same options)")
     ap.add_argument("--skip-teacher-fid", action="store_true")
     ap.add_argument("--outdir", required=True)
     args = ap.parse_args(argv)
@@ -206,10 +210,21 @@ def main(argv=None):
     modes = [m.strip() for m in args.modes.split(";") if m.strip()]
     summary_path = os.path.join(args.outdir, "results.json")
     summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+    prev = summary.get("args")
+    if args.skip_trained and prev:
+        keys = ("data", "teacher", "kimg", "seed", "opt", "train")
+        diff = [k for k in keys if prev.get(k) != vars(args)[k]]
+        if diff:
+            raise SystemExit(f"--skip-trained: {args.outdir} was trained with other {', '.join(diff)} "
+                             f"({', '.join(f'{k}={prev.get(k)!r}' for k in diff)}); use the same or a new --outdir")
     summary.update(args=vars(args), cmgan_opts=cmgan_opts, train={**TRAIN_DEFAULTS, **train})
     results = summary.setdefault("runs", {})
     if not args.eval_only:
         for mode in modes:
+            done = results.get(mode)
+            if args.skip_trained and done and os.path.exists(os.path.join(args.outdir, f"{slug(mode)}.pt")):
+                print(f"reusing {mode}: {done['iterations']} iterations already trained", flush=True)
+                continue
             print(f"training {mode} for {args.kimg:g} kimg ...", flush=True)
             results[mode] = train_mode(args, mode, cmgan_opts, train)
             json.dump(summary, open(summary_path, "wt"), indent=1, default=float)

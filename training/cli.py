@@ -235,7 +235,8 @@ def run_training(cfg: TrainConfig, plugin_names, plugin_options: dict, outdir: s
     log(f"Run folder:   {run_dir}")
     log(f"Dataset:      {cfg.data} ({_describe_info(info)})")
     log(f"Preset:       {cfg.cfg}  batch {cfg.batch}  glr {cfg.glr:g}  dlr {cfg.dlr:g}  gamma {cfg.gamma:g}  "
-        f"kimg {cfg.kimg:g}  GPUs {world}  device {dev}")
+        f"ema {cfg.ema_kimg:g} kimg" + (f" (rampup {cfg.ema_rampup:g})" if cfg.ema_rampup else "")
+        + f"  kimg {cfg.kimg:g}  GPUs {world}  device {dev}")
     log(f"Plugins:      {', '.join(stack.names) or 'none'}" + (
         "" if len(stack.names) < 2 else "   (pre-D augments run in this order)"))
     for name in stack.names:
