@@ -184,7 +184,7 @@ def main(argv=None):
     ap.add_argument("--teacher", required=True, help="train-score checkpoint or run folder")
     ap.add_argument("--classifier", required=True, help="digit classifier from `ganstack train-classifier`")
     ap.add_argument("--modes", default="cd;cmgan", help="';'-separated runs: a --cmgan-mode (cd, cmgan, gan), "
-                    "optionally with ':'-separated cmgan options, e.g. 'cd;cmgan;cmgan:cd_norm=sum'")
+                    "optionally with ':'-separated cmgan options, e.g. 'cd;cmgan;cmgan:cd_norm=mean'")
     ap.add_argument("--kimg", type=float, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--opt", action="append", default=[], help="cmgan option key=value for every mode")

@@ -185,7 +185,7 @@ def test_g_loss_is_lambda_times_the_cd_distance_and_flows_into_theta_only():
     torch.testing.assert_close(s["out"], tr.G(s["x_hi"], grid[k + 1]))
     terms = plugin.g_loss(ctx, fakes)
     x_lo = ode_step(plugin.teacher.denoise, s["x_hi"], grid[k + 1], grid[k], solver="heun")
-    direct = (tr.G(s["x_hi"], grid[k + 1]) - plugin.target(x_lo, grid[k])).square().mean(1)
+    direct = (tr.G(s["x_hi"], grid[k + 1]) - plugin.target(x_lo, grid[k])).square().sum(1)  # default cd_norm sum
     lam = torch.exp(0.025 * (grid[k].double() - 80.0) * (1 - 0.99995 ** 20000)).float()
     torch.testing.assert_close(terms["cd"], lam * direct, rtol=1e-5, atol=1e-7)
     terms["cd"].mean().backward()

@@ -156,12 +156,12 @@ def ode_step(denoise: Denoiser, x: torch.Tensor, t_cur, t_next, c=None, solver: 
 
 
 def cd_distance(online_out: torch.Tensor, target_fn, denoise: Denoiser, x_hi: torch.Tensor, t_hi, t_lo, c=None,
-                solver: str = "heun", norm: str = "mean") -> torch.Tensor:
+                solver: str = "heun", norm: str = "sum") -> torch.Tensor:
     """The per-sample distance of paper Eq. 4 (without lambda): ``d(f_theta(x_{t_{n+1}}, t_{n+1}),
     f_theta_bar(x_hat_{t_n}, t_n))`` where ``online_out = f_theta(x_hi, t_hi)`` (carries the graph),
     ``x_hat_{t_n}`` is one teacher ODE step from ``(x_hi, t_hi)`` to ``t_lo`` and ``target_fn(x, t, c)`` is the
-    target network (no gradient). ``d`` is the squared L2 distance averaged (``mean``) or summed (``sum``)
-    over the sample's values.
+    target network (no gradient). ``d`` is the squared L2 distance summed (``sum``, Eq. 4 as printed) or
+    averaged (``mean``) over the sample's values.
     """
     with torch.no_grad():
         x_lo = ode_step(denoise, x_hi, t_hi, t_lo, c, solver)
