@@ -177,14 +177,18 @@ def _gen(G, stack, dataset, det, kwargs, opts, device, num_gen, **stats_kwargs):
                            c_sampler=_labels(G, dataset), G_kwargs=opts.G_kwargs, **stats_kwargs)
 
 
-@register_pattern(r"fid(\d+)(k?)(_full)?", "fidNk_full")
-def fid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
-    from metrics.formulas import frechet_distance
+def _detector_setup(match, dataset, detector: str, opts, device):
+    """Common start of the feature-network metrics: name, options, sample count and the verified detector."""
     name = match.group(0)
     _need_images(name, dataset)
     opts = opts or MetricOptions()
-    num = _count(match)
-    det = _detector("inception", opts, device)
+    return name, opts, _count(match), _detector(detector, opts, device)
+
+
+@register_pattern(r"fid(\d+)(k?)(_full)?", "fidNk_full")
+def fid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
+    from metrics.formulas import frechet_distance
+    name, opts, num, det = _detector_setup(match, dataset, "inception", opts, device)
     kw = dict(return_features=True)
     real = _real(dataset, det, kw, opts, device, capture_mean_cov=True, max_items=None if match.group(3) else num)
     gen, nfe = _gen(G, stack, dataset, det, kw, opts, device, num, capture_mean_cov=True)
@@ -195,11 +199,7 @@ def fid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
 @register_pattern(r"kid(\d+)(k?)(_full)?", "kidNk_full")
 def kid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
     from metrics.formulas import kernel_distance
-    name = match.group(0)
-    _need_images(name, dataset)
-    opts = opts or MetricOptions()
-    num = _count(match)
-    det = _detector("inception", opts, device)
+    name, opts, num, det = _detector_setup(match, dataset, "inception", opts, device)
     kw = dict(return_features=True)
     real = _real(dataset, det, kw, opts, device, capture_all=True, max_items=1000000 if match.group(3) else num)
     gen, nfe = _gen(G, stack, dataset, det, kw, opts, device, num, capture_all=True)
@@ -211,11 +211,8 @@ def kid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
 @register_pattern(r"pr(\d+)(k|_)(\d)(_full)?", "prNkK_full")
 def pr_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
     from metrics.formulas import precision_recall
-    name = match.group(0)
-    _need_images(name, dataset)
-    opts = opts or MetricOptions()
-    num, k = _count(match), int(match.group(3))
-    det = _detector("vgg16", opts, device)
+    name, opts, num, det = _detector_setup(match, dataset, "vgg16", opts, device)
+    k = int(match.group(3))
     kw = dict(return_features=True)
     real = _real(dataset, det, kw, opts, device, capture_all=True, max_items=200000 if match.group(4) else num)
     gen, nfe = _gen(G, stack, dataset, det, kw, opts, device, num, capture_all=True)
@@ -227,11 +224,7 @@ def pr_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
 @register_pattern(r"is(\d+)(k?)", "isNk")
 def is_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
     from metrics.formulas import inception_score
-    name = match.group(0)
-    _need_images(name, dataset)
-    opts = opts or MetricOptions()
-    num = _count(match)
-    det = _detector("inception", opts, device)
+    name, opts, num, det = _detector_setup(match, dataset, "inception", opts, device)
     # no_output_bias: the original Inception Score code drops the softmax layer's bias.
     gen, nfe = _gen(G, stack, dataset, det, dict(no_output_bias=True), opts, device, num, capture_all=True)
     mean, std = inception_score(gen.get_all(), num_splits=10)

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from plugins.score_models.edm import ARCHS
+from plugins.score_models.edm import build_arch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -84,13 +84,7 @@ class ConsistencyFunction(torch.nn.Module):
     def __init__(self, arch: dict, sample_shape: Sequence[int], c_dim: int = 0, sigma_min: float = 0.002,
                  sigma_max: float = 80.0, sigma_data: float = 0.5):
         super().__init__()
-        name, kwargs = arch["name"], dict(arch["kwargs"])
-        if name not in ARCHS:
-            raise ValueError(f"unknown f_theta architecture {name!r}; expected one of {', '.join(ARCHS)}")
-        if "channel_mult" in kwargs:
-            kwargs["channel_mult"] = tuple(kwargs["channel_mult"])
-        self.arch = {"name": name, "kwargs": kwargs}
-        self.net = ARCHS[name](**kwargs)
+        self.arch, self.net = build_arch(arch, "f_theta")
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.z_dim = int(math.prod(self.sample_shape))
         self.c_dim = int(c_dim)

@@ -191,6 +191,17 @@ class MLPNet(torch.nn.Module):
 ARCHS = {"unet": UNet, "mlp": MLPNet}
 
 
+def build_arch(arch: dict, what: str = "score-network") -> tuple:
+    """``(record, net)`` for ``arch = {'name': 'unet' | 'mlp', 'kwargs': {...}}``: the network, and the
+    normalised record (tuples for sequences) that a checkpoint stores to rebuild it."""
+    name, kwargs = arch["name"], dict(arch["kwargs"])
+    if name not in ARCHS:
+        raise ValueError(f"unknown {what} architecture {name!r}; expected one of {', '.join(ARCHS)}")
+    if "channel_mult" in kwargs:
+        kwargs["channel_mult"] = tuple(kwargs["channel_mult"])
+    return {"name": name, "kwargs": kwargs}, ARCHS[name](**kwargs)
+
+
 # ------------------------------------------------------------------------------------------------
 # The preconditioned denoiser
 
@@ -203,16 +214,11 @@ class EDMPrecond(ScoreModel):
 
     def __init__(self, arch: dict, sigma_data: float = SIGMA_DATA):
         super().__init__()
-        name, kwargs = arch["name"], dict(arch["kwargs"])
-        if name not in ARCHS:
-            raise ValueError(f"unknown score-network architecture {name!r}; expected one of {', '.join(ARCHS)}")
-        if "channel_mult" in kwargs:
-            kwargs["channel_mult"] = tuple(kwargs["channel_mult"])
-        self.arch = {"name": name, "kwargs": kwargs}
-        self.net = ARCHS[name](**kwargs)
+        self.arch, self.net = build_arch(arch)
+        kwargs = self.arch["kwargs"]
         self.sigma_data = float(sigma_data)
         self.label_dim = int(kwargs.get("label_dim", 0))
-        if name == "unet":
+        if self.arch["name"] == "unet":
             self.kind = "image"
             self.img_resolution = int(kwargs["img_resolution"])
             self.img_channels = int(kwargs["img_channels"])
