@@ -19,6 +19,10 @@ def _parse_detectors(values) -> dict:
         name, sep, path = v.partition("=")
         if sep and name in ("inception", "vgg16"):
             out[name] = path
+        elif sep and not os.path.exists(v) and "://" not in v:
+            raise click.BadParameter(f"{v!r}: unknown feature network {name!r}; NAME is inception or vgg16 "
+                                     f"(e.g. --detector vgg16=vgg16.pt), or give a bare path for inception.",
+                                     param_hint="--detector")
         else:
             out["inception"] = v
     return out

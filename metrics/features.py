@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from metrics.formulas import FeatureStats
+from stylegan_base.errors import DatasetError
 
 CACHE_VERSION = 1
 
@@ -69,7 +70,10 @@ def label_sampler(G, dataset) -> Optional[Callable]:
     if c_dim == 0:
         return None
     if dataset is None or getattr(dataset, "label_dim", 0) != c_dim:
-        raise ValueError(f"G is conditional ({c_dim} label dims) but the dataset gives no labels of that width")
+        have = getattr(dataset, "label_dim", 0) if dataset is not None else 0
+        raise DatasetError(f"The generator is class-conditional ({c_dim} classes), so the metrics draw labels from "
+                           f"the dataset, but the dataset gives {have or 'no'} label columns. Compare with the "
+                           f"dataset the model was trained on (--data, with its dataset.json labels).")
 
     def sample(n, gen):
         idx = torch.randint(len(dataset), (n,), generator=gen, device=gen.device).cpu().tolist()

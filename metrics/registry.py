@@ -113,7 +113,11 @@ def _count(match, group: int = 1, default: Optional[int] = None) -> int:
     """``50k`` -> 50000, ``200`` -> 200 (exact counts, for quick CPU checks)."""
     if match.group(group) is None:
         return default
-    return int(match.group(group)) * (1000 if match.group(group + 1) == "k" else 1)
+    num = int(match.group(group)) * (1000 if match.group(group + 1) == "k" else 1)
+    if num < 10:
+        raise GanstackError(f"Metric {match.group(0)!r} asks for {num} samples; the estimators need more "
+                          f"(e.g. {match.group(0).replace(match.group(group), '10', 1)} or the standard 50k).")
+    return num
 
 
 def _need_images(name: str, dataset):
@@ -216,7 +220,7 @@ def pr_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
     kw = dict(return_features=True)
     real = _real(dataset, det, kw, opts, device, capture_all=True, max_items=200000 if match.group(4) else num)
     gen, nfe = _gen(G, stack, dataset, det, kw, opts, device, num, capture_all=True)
-    precision, recall = precision_recall(real.get_all(), gen.get_all(), k=k)
+    precision, recall = precision_recall(real.get_all(), gen.get_all(), k=k, device=device)
     return {f"{name}_precision": precision, f"{name}_recall": recall, "num_real": real.num_items, "nfe": nfe,
             "detector_sha256": det.sha256}
 

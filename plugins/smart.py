@@ -197,11 +197,12 @@ class SmartPlugin:
             self.model = self.model.to(ctx.device)
             self._device = ctx.device
         model = self.model
-        x = self._prepare(ctx.sample().img)
+        fakes = ctx.sample()
+        x = self._prepare(fakes.img)
         n = x.shape[0]
         t = self.schedule.sample_t(n, self.opts.t_min, self.opts.t_max, device=x.device)
         eps = torch.randn_like(x)
-        c = ctx.c if model.label_dim else None
+        c = fakes.c if model.label_dim else None  # the labels of these samples (a sampler may choose its own)
         loss, mse = smart_loss(model, x, t, eps, self.schedule, self.opts.weight, c=c,
                                omit_jacobian=self.opts.omit_jacobian)
         ctx.report("Loss/smart/score", mse)

@@ -298,3 +298,29 @@ def test_stacks_with_ada_and_diffusion_on_images(tmp_path):
     tr.batch_idx = 1  # a step without regularizers: Gmain + Dmain through both augments
     stats = tr.step()
     assert "Loss/G/loss" in stats and "Loss/smart/score" not in stats
+
+
+def test_the_score_model_gets_the_labels_of_the_samples_the_sampler_made():
+    """A sampler may choose its own labels (cmgan uses the reals'); SMaRt must score each sample with them."""
+    own = torch.nn.functional.one_hot(torch.arange(8) * 3 % 49, 49).float()
+
+    class OwnLabels:
+        @hookimpl
+        def sampler(self, G, z, c, ctx, G_kwargs):
+            return DInput(G(z, own), own)
+
+    tr = make_trainer(["smart", "own"], ANALYTIC, extra_plugins={"own": OwnLabels()},
+                      data="toy:grid49?n=2048&labels=1", cond=True)
+    plugin = tr.stack.plugins["smart"]
+    z = torch.randn(8, tr.G.z_dim)
+    phase_c = torch.nn.functional.one_hot(torch.arange(8) * 5, 49).float()  # what the phase drew: not used
+    x, cr = next(tr.stream)
+    torch.manual_seed(1)
+    got = plugin._regularity(PhaseContext(tr.loss, "Greg", 0, 0, DInput(x[:8], cr[:8]), z, phase_c)).detach()
+    torch.manual_seed(1)
+    img = tr.G(z, own)
+    t = torch.randint(40, 61, (8,))
+    eps = torch.randn_like(img)
+    expected, _ = smart_loss(plugin.model, img, t, eps, VPSchedule("linear"), 0.01, c=own)
+    wrong, _ = smart_loss(plugin.model, img, t, eps, VPSchedule("linear"), 0.01, c=phase_c)
+    assert torch.allclose(got, expected) and not torch.allclose(got, wrong)

@@ -23,9 +23,8 @@ class StatCollector:
     def report(self, name: str, value) -> None:
         v = torch.as_tensor(value).detach().to(self.device, torch.float64).flatten()
         if v.numel():
-            self._pending[name].append(torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64,
-                                                                 device=self.device),
-                                                    v.sum(), v.square().sum()]))
+            count = torch.full([], float(v.numel()), dtype=torch.float64, device=self.device)  # no host copy
+            self._pending[name].append(torch.stack([count, v.sum(), v.square().sum()]))
 
     def end_step(self) -> dict[str, float]:
         """Reduce this step's reports over ranks; return ``{name: mean}`` and add them to the tick."""

@@ -251,8 +251,8 @@ class CMGANPlugin(Plugin):
                                   f"{getattr(self.teacher, 'checkpoint_path', o.teacher)!r} is a {self.teacher.arch} "
                                   f"and these options build {G.arch}. Pass {hint} to match it, or --cmgan-init random.")
             init_from = self.teacher
-            if not sigma_data:
-                sigma_data = float(self.teacher.sigma_data)
+        if not sigma_data and self.teacher is not None and hasattr(self.teacher, "arch"):
+            sigma_data = float(self.teacher.sigma_data)  # a train-score network's own sigma_data
         if not sigma_data:
             sigma_data = 0.5 if G.is_image else self._points_std(cfg)
         for g in (nets.G, nets.G_ema):

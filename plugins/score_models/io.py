@@ -134,10 +134,11 @@ def check_compatible(model, data_info: dict, use_labels: bool, resize: str = "of
             raise CheckpointError(f"{who} {path!r} was trained on {model.img_channels}-channel images, but the "
                                   f"dataset has {ch} channel(s); train a score model on this dataset.")
         if model.img_resolution != res and resize == "off":
+            hint = (f", or resize explicitly with --smart-resize area (or bilinear): the regularity is then computed "
+                    f"on G(z) resized to {model.img_resolution}x{model.img_resolution}") if who.startswith("--smart") else ""
             raise CheckpointError(f"{who} {path!r} works at {model.img_resolution}x{model.img_resolution}, but the GAN "
-                                  f"makes {res}x{res} images. Train a score model at {res}x{res}, or resize "
-                                  f"explicitly with --smart-resize area (or bilinear): the regularity is then "
-                                  f"computed on G(z) resized to {model.img_resolution}x{model.img_resolution}.")
+                                  f"makes {res}x{res} images. Train a score model at {res}x{res} "
+                                  f"(ganstack train-score on the same dataset){hint}.")
     else:
         if model.point_dim != data_info.get("point_dim"):
             raise CheckpointError(f"{who} {path!r} scores {model.point_dim}-D points, but the dataset has "

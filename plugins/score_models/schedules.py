@@ -63,6 +63,7 @@ class VPSchedule:
         self.edm_sigmas = ((1.0 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
         self.alphas = self.alphas_cumprod.sqrt()
         self.sigmas = (1.0 - self.alphas_cumprod).sqrt()
+        self._device_tables = {}
 
     def __repr__(self):
         return f"VPSchedule({self.kind!r}, num_steps={self.num_steps})"
@@ -71,14 +72,17 @@ class VPSchedule:
         t = torch.as_tensor(t)
         if t.is_floating_point():
             if not torch.equal(t, t.round()):
-                raise ValueError("VP timesteps are integers; use edm_sigma_continuous for fractional t")
+                raise ValueError("VP timesteps are integers in [0, num_steps); for a continuous noise level use the EDM form, ScoreModel.denoise(x, sigma)")
             t = t.long()
-        if (t < 0).any() or (t >= self.num_steps).any():
-            raise ValueError(f"timesteps must lie in [0, {self.num_steps - 1}]")
-        out = table[t.cpu()]
         dtype = like.dtype if isinstance(like, torch.Tensor) and like.is_floating_point() else torch.float32
         device = like.device if isinstance(like, torch.Tensor) else t.device
-        return out.to(device=device, dtype=dtype)
+        if t.device.type == "cpu" and ((t < 0).any() or (t >= self.num_steps).any()):
+            raise ValueError(f"timesteps must lie in [0, {self.num_steps - 1}]")  # checked where it costs no sync
+        key = (id(table), device, dtype)
+        cached = self._device_tables.get(key)
+        if cached is None:  # one copy per table, device and dtype: no host round trip per call
+            cached = self._device_tables[key] = table.to(device=device, dtype=dtype)
+        return cached[t.to(device)]
 
     def alpha(self, t, like=None) -> torch.Tensor:
         """``alpha_t = sqrt(alphas_cumprod[t])``."""
