@@ -121,6 +121,25 @@ def test_interrupted_cell_resumes_from_its_checkpoint_exactly(tmp_path):
     assert _rows(resumed["csv"])[0]["toy/modes"] == _rows(straight["csv"])[0]["toy/modes"]
 
 
+def test_cell_killed_between_final_checkpoint_and_its_metrics_gets_them_on_rerun(tmp_path):
+    settings = dict(TINY, snap=1, metrics=("toy",))
+    out = str(tmp_path / "abl")
+    first = ab.ablate(out, ["none"], [0], dict(settings), log=_quiet)
+    cell = first["cells"][0]
+    final_kimg = ab.final_values(cell.dir)[0]
+    # What a kill after the final checkpoint leaves: no metric record for it, the cell still "running".
+    run = ab.run_dirs(cell.dir)[-1]
+    path = os.path.join(run, "metric-toy.jsonl")
+    lines = [ln for ln in open(path) if json.loads(ln)["kimg"] != final_kimg]
+    open(path, "w").writelines(lines)
+    ab._write_cell(cell.dir, dict(ab._read_cell(cell.dir), status="running"))
+    assert ab.final_values(cell.dir)[0] < final_kimg
+
+    again = ab.ablate(out, ["none"], [0], dict(settings), log=_quiet)
+    assert ab.final_values(cell.dir)[0] == final_kimg  # measured at the budget, not at an earlier snapshot
+    assert _rows(again["csv"])[-1]["toy/modes"] == _rows(first["csv"])[-1]["toy/modes"]
+
+
 def test_stack_parsing_options_and_sweep(with_jitter):
     stacks = ab.build_stacks(["none", "jitter", "jitter jitter.std=0.2"], ["jitter.std=0.3"])
     assert [s.label for s in stacks] == ["none", "jitter [jitter.std=0.3]", "jitter [jitter.std=0.2]"]

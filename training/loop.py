@@ -169,8 +169,10 @@ class Trainer:
         self.cur_tick = 0
         self.batch_idx = 0
         self.tick_start_nimg = 0
+        self._resume_path = None
         if resume is not None:
             self._load(resume)
+            self._resume_path = resume.get("path")
         self.stream = RealStream(dataset, cfg.batch_gpu, self.device, seed=cfg.seed, rank=self.rank,
                                  world_size=self.world, start=self.batch_idx * cfg.batch, workers=cfg.workers)
         self._stop = StopSignals(self.log)
@@ -386,11 +388,25 @@ class Trainer:
                     self._tb.add_scalar(k, val, global_step=int(self.cur_nimg / 1e3))
             self._tb.flush()
 
-    def run_metrics(self) -> None:
+    def _finish_interrupted_metrics(self) -> None:
+        """A run stopped between its final checkpoint and that checkpoint's metrics: compute the missing ones."""
+        if not self.cfg.metrics or not self._resume_path:
+            return
+        from metrics import registry
+        snap = os.path.basename(self._resume_path)
+        done = {r.get("metric") for r in registry.read_results(os.path.dirname(self._resume_path))
+                if r.get("snapshot") == snap}
+        missing = [m for m in self.cfg.metrics if m not in done]
+        if missing:
+            self.log(f"Computing the metrics the final snapshot {snap} lacks: {', '.join(missing)}")
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                self.run_metrics(missing)
+
+    def run_metrics(self, names=None) -> None:
         if not self.cfg.metrics or self.run_dir is None:
             return
         from metrics import registry  # metrics are not plugins; imported only when asked for
-        for name in self.cfg.metrics:
+        for name in names or self.cfg.metrics:
             result = registry.compute(name, G=self.G_ema, stack=self.stack, dataset=self.dataset,
                                       device=self.device, cfg=self.cfg)
             if self.rank == 0:
@@ -407,6 +423,7 @@ class Trainer:
         cfg = self.cfg
         if self.cur_nimg >= cfg.total_nimg:
             self.log(f"Nothing to do: the run is already at {self.cur_nimg / 1e3:.1f} kimg >= --kimg {cfg.kimg}.")
+            self._finish_interrupted_metrics()
             return None
         self._stop.install()
         start_time = time.time()
