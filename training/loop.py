@@ -25,7 +25,7 @@ from training import distributed
 from training.api import ConfigError, DInput
 from training.data import RealStream
 from training.loss import GANLoss, PhaseContext
-from training.nets import build_networks
+from training.nets import build_networks, ema_beta, update_ema
 from training.snapshots import grid_shape, save_image_grid, save_scatter_panels
 from training.stats import StatCollector
 from stylegan_base.errors import CheckpointError
@@ -215,15 +215,7 @@ class Trainer:
             opt.step()
 
         # G_ema: half-life ema_kimg, optionally ramped up with the training length so far.
-        with torch.no_grad():
-            ema_nimg = cfg.ema_kimg * 1000
-            if cfg.ema_rampup is not None:
-                ema_nimg = min(ema_nimg, self.cur_nimg * cfg.ema_rampup)
-            ema_beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
-            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-                p_ema.copy_(p.lerp(p_ema, ema_beta))
-            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
-                b_ema.copy_(b)
+        update_ema(self.G_ema, self.G, ema_beta(cfg.batch, self.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
 
         self.cur_nimg += cfg.batch
         self.batch_idx += 1

@@ -19,6 +19,24 @@ class Networks:
     G_ema: Optional[torch.nn.Module] = None
 
 
+def ema_beta(batch: int, cur_nimg: int, halflife_kimg: float, rampup_ratio: Optional[float] = None) -> float:
+    """Per-step EMA decay for a half-life of ``halflife_kimg`` thousand images (StyleGAN2-ADA, EDM); with
+    ``rampup_ratio`` the half-life is at most that share of the images seen so far."""
+    halflife_nimg = halflife_kimg * 1000
+    if rampup_ratio is not None:
+        halflife_nimg = min(halflife_nimg, cur_nimg * rampup_ratio)
+    return 0.5 ** (batch / max(halflife_nimg, 1e-8))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
+    """``ema <- beta ema + (1 - beta) net`` for parameters; buffers are copied (G_ema, EDM's EMA, CM's target)."""
+    for p_ema, p in zip(ema.parameters(), net.parameters()):
+        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    for b_ema, b in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b)
+
+
 def backbone_kwargs(cfg, data_info: dict) -> tuple[dict, dict]:
     """Constructor arguments of the backbone G and D for this dataset and config."""
     c_dim = data_info.get("label_dim", 0) if cfg.cond else 0

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from plugins.score_models.edm import build_arch
+from training.nets import update_ema
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,10 +175,7 @@ def cd_distance(online_out: torch.Tensor, target_fn, denoise: Denoiser, x_hi: to
 @torch.no_grad()
 def update_target(target: torch.nn.Module, online: torch.nn.Module, mu: float) -> None:
     """``theta_bar <- mu theta_bar + (1 - mu) theta`` (CM Algorithm 2, ``target_ema``); buffers are copied."""
-    for p_bar, p in zip(target.parameters(), online.parameters()):
-        p_bar.copy_(p.detach().lerp(p_bar, mu))
-    for b_bar, b in zip(target.buffers(), online.buffers()):
-        b_bar.copy_(b)
+    update_ema(target, online, mu)
 
 
 # ------------------------------------------------------------------------------------------------

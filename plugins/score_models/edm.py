@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from plugins.score_models.base import ScoreModel, sigma_as_tensor
+from training.nets import ema_beta, update_ema  # noqa: F401  (EDM's EMA is the loop's; re-exported)
 
 SIGMA_DATA = 0.5
 P_MEAN = -1.2
@@ -254,25 +255,6 @@ class EDMLoss:
         noise = torch.randn_like(images) * sigma
         denoised = net.denoise(images + noise, sigma, labels)
         return weight * (denoised - images).square()
-
-
-# ------------------------------------------------------------------------------------------------
-# EMA (EDM's half-life formulation)
-
-def ema_beta(batch: int, cur_nimg: int, halflife_kimg: float, rampup_ratio: Optional[float] = 0.05) -> float:
-    """Per-step EMA decay for a half-life of ``halflife_kimg`` thousand images, ramped up early on."""
-    halflife_nimg = halflife_kimg * 1000
-    if rampup_ratio is not None:
-        halflife_nimg = min(halflife_nimg, cur_nimg * rampup_ratio)
-    return 0.5 ** (batch / max(halflife_nimg, 1e-8))
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
-    for p_ema, p in zip(ema.parameters(), net.parameters()):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
-    for b_ema, b in zip(ema.buffers(), net.buffers()):
-        b_ema.copy_(b)
 
 
 # ------------------------------------------------------------------------------------------------
