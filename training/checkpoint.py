@@ -22,7 +22,6 @@ from stylegan_base.errors import CheckpointError
 FORMAT = "ganstack.checkpoint"
 VERSION = 1
 SNAPSHOT_GLOB = "network-snapshot-*.pt"
-_SNAPSHOT_RE = re.compile(r"network-snapshot-(\d+)(?:\.(\d{3}))?\.pt$")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,31 +82,39 @@ def kimg_tag(cur_nimg: int) -> str:
     return f"{cur_nimg // 1000:06d}{frac}"
 
 
-def snapshot_name(cur_nimg: int) -> str:
-    return f"network-snapshot-{kimg_tag(cur_nimg)}.pt"
+SNAPSHOT_PREFIX = "network-snapshot-"
 
 
-def snapshot_path(run_dir: str, cur_nimg: int) -> str:
-    return os.path.join(run_dir, snapshot_name(cur_nimg))
+def _snapshot_re(prefix: str) -> re.Pattern:
+    return re.compile(re.escape(prefix) + r"(\d+)(?:\.(\d{3}))?\.pt$")
 
 
-def _snapshot_nimg(path: str) -> int:
-    m = _SNAPSHOT_RE.search(path)
+def snapshot_name(cur_nimg: int, prefix: str = SNAPSHOT_PREFIX) -> str:
+    return f"{prefix}{kimg_tag(cur_nimg)}.pt"
+
+
+def snapshot_path(run_dir: str, cur_nimg: int, prefix: str = SNAPSHOT_PREFIX) -> str:
+    return os.path.join(run_dir, snapshot_name(cur_nimg, prefix))
+
+
+def _snapshot_nimg(path: str, prefix: str = SNAPSHOT_PREFIX) -> int:
+    m = _snapshot_re(prefix).search(path)
     return int(m.group(1)) * 1000 + int(m.group(2) or 0)
 
 
-def list_snapshots(run_dir: str) -> list[str]:
-    """Snapshots in ``run_dir``, oldest first (by kimg, then modification time)."""
-    paths = glob.glob(os.path.join(run_dir, SNAPSHOT_GLOB))
-    paths = [p for p in paths if _SNAPSHOT_RE.search(p)]
-    return sorted(paths, key=lambda p: (_snapshot_nimg(p), os.path.getmtime(p)))
+def list_snapshots(run_dir: str, prefix: str = SNAPSHOT_PREFIX) -> list[str]:
+    """Snapshots ``<prefix><kimg>.pt`` in ``run_dir``, oldest first (by kimg, then modification time);
+    ``train`` writes ``network-snapshot-*``, ``train-score`` ``score-snapshot-*``."""
+    pattern = _snapshot_re(prefix)
+    paths = [p for p in glob.glob(os.path.join(run_dir, prefix + "*.pt")) if pattern.search(p)]
+    return sorted(paths, key=lambda p: (_snapshot_nimg(p, prefix), os.path.getmtime(p)))
 
 
-def prune_snapshots(run_dir: str, keep: int) -> None:
+def prune_snapshots(run_dir: str, keep: int, prefix: str = SNAPSHOT_PREFIX) -> None:
     """Delete all but the newest ``keep`` snapshots (``keep == 0`` keeps all)."""
     if keep <= 0:
         return
-    for old in list_snapshots(run_dir)[:-keep]:
+    for old in list_snapshots(run_dir, prefix)[:-keep]:
         os.remove(old)
 
 

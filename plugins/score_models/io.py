@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from typing import Optional
 
 import torch
@@ -27,27 +26,20 @@ from training import checkpoint as ckpt_io
 FORMAT = "ganstack.score_model"
 VERSION = 1
 SNAPSHOT_PREFIX = "score-snapshot-"
-_SNAPSHOT_RE = re.compile(r"score-snapshot-(\d+)(?:\.(\d{3}))?\.pt$")
 TRAIN_HINT = "train one with `ganstack train-score --data DATA --outdir DIR`"
 
 
 def snapshot_path(run_dir: str, cur_nimg: int) -> str:
-    return os.path.join(run_dir, f"{SNAPSHOT_PREFIX}{ckpt_io.kimg_tag(cur_nimg)}.pt")
+    return ckpt_io.snapshot_path(run_dir, cur_nimg, SNAPSHOT_PREFIX)
 
 
 def list_snapshots(run_dir: str) -> list[str]:
     """Score snapshots in ``run_dir``, oldest first."""
-    def nimg(p):
-        m = _SNAPSHOT_RE.search(p)
-        return int(m.group(1)) * 1000 + int(m.group(2) or 0)
-    paths = [p for p in glob.glob(os.path.join(run_dir, SNAPSHOT_PREFIX + "*.pt")) if _SNAPSHOT_RE.search(p)]
-    return sorted(paths, key=lambda p: (nimg(p), os.path.getmtime(p)))
+    return ckpt_io.list_snapshots(run_dir, SNAPSHOT_PREFIX)
 
 
 def prune_snapshots(run_dir: str, keep: int) -> None:
-    if keep > 0:
-        for old in list_snapshots(run_dir)[:-keep]:
-            os.remove(old)
+    ckpt_io.prune_snapshots(run_dir, keep, SNAPSHOT_PREFIX)
 
 
 def resolve_path(path: str, what: str = "score model") -> str:
