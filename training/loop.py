@@ -84,6 +84,22 @@ def _cpu_mem_gb() -> float:
         return float("nan")
 
 
+def tick_fields(tick: int, cur_nimg: int, tick_time: float, tick_nimg: int, maintenance: float, total_time: float,
+                device) -> dict:
+    """The fixed fields of a status line (StyleGAN2-ADA's): shared by ``train`` and ``train-score``."""
+    device = torch.device(device)
+    return {
+        "tick": tick,
+        "kimg": cur_nimg / 1e3,
+        "time": total_time,
+        "sec/tick": tick_time,
+        "sec/kimg": tick_time / max(tick_nimg, 1) * 1e3,
+        "maintenance": maintenance,
+        "cpumem": _cpu_mem_gb(),
+        "gpumem": (torch.cuda.max_memory_allocated(device) / 2 ** 30) if device.type == "cuda" else 0.0,
+    }
+
+
 class StopSignals:
     """Graceful stop on SIGINT/SIGTERM for a training loop (``ganstack train`` and ``train-score``).
 
@@ -336,17 +352,7 @@ class Trainer:
         save_image_grid(x, os.path.join(self.run_dir, "reals.png"), (gw, gh))
 
     def status_fields(self, tick_time, tick_nimg, maintenance, total_time) -> dict:
-        fields = {
-            "tick": self.cur_tick,
-            "kimg": self.cur_nimg / 1e3,
-            "time": total_time,
-            "sec/tick": tick_time,
-            "sec/kimg": tick_time / max(tick_nimg, 1) * 1e3,
-            "maintenance": maintenance,
-            "cpumem": _cpu_mem_gb(),
-            "gpumem": (torch.cuda.max_memory_allocated(self.device) / 2 ** 30) if self.device.type == "cuda" else 0.0,
-        }
-        return fields
+        return tick_fields(self.cur_tick, self.cur_nimg, tick_time, tick_nimg, maintenance, total_time, self.device)
 
     @staticmethod
     def format_status(fields: dict, plugin_stats: dict) -> str:

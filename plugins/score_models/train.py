@@ -31,7 +31,7 @@ from stylegan_base.errors import CheckpointError
 from training import checkpoint as ckpt_io
 from training.api import ConfigError
 from training.data import RealStream
-from training.loop import StopSignals, Trainer, _cpu_mem_gb, format_time
+from training.loop import StopSignals, Trainer, format_time, tick_fields
 
 # Options a resumed run may change (everything else comes from the checkpoint).
 RESUME_MUTABLE = ("kimg", "tick", "snap", "keep", "workers", "device", "pictures")
@@ -295,11 +295,8 @@ class ScoreTrainer:
                     continue
                 now = time.time()
                 tick_nimg = self.cur_nimg - self.tick_start_nimg
-                fields = {"tick": self.cur_tick, "kimg": self.cur_nimg / 1e3, "time": now - start,
-                          "sec/tick": now - tick_start, "sec/kimg": (now - tick_start) / max(tick_nimg, 1) * 1e3,
-                          "maintenance": maintenance, "cpumem": _cpu_mem_gb(),
-                          "gpumem": (torch.cuda.max_memory_allocated(self.device) / 2 ** 30)
-                          if self.device.type == "cuda" else 0.0}
+                fields = tick_fields(self.cur_tick, self.cur_nimg, now - tick_start, tick_nimg, maintenance,
+                                     now - start, self.device)
                 loss = float(np.mean(self._tick_losses)) if self._tick_losses else float("nan")
                 lr = self.opt.param_groups[0]["lr"]
                 self.log(Trainer.format_status(fields, {"loss": loss, "lr": lr}))
