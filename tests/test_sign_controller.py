@@ -40,3 +40,4 @@ def test_state_round_trip_continues_identically():
     b.load_state_dict(a.state_dict())
     rest = [0.2, 0.95, 0.9, 0.9, 0.9, 0.9]
     assert _feed(a, rest) == _feed(b, rest) and a.state_dict() == b.state_dict() and a.p > 0
+

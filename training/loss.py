@@ -62,9 +62,10 @@ class PhaseContext:
             out = self._loss.stack.first("sampler", G=self.G, z=z, c=c, ctx=self, G_kwargs=kwargs)
         return out.replace(img=out.img.float())
 
-    def report(self, name: str, value) -> None:
-        """Record a statistic (a tensor of any shape, or a number); see ``training.stats``."""
-        self._loss.stats.report(name, value)
+    def report(self, name: str, value, mask=None) -> None:
+        """Record a statistic (a tensor of any shape, or a number; ``mask`` selects elements without a GPU
+        sync); see ``training.stats``."""
+        self._loss.stats.report(name, value, mask)
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         """Average a tensor over all GPUs (identity on one process)."""

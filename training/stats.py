@@ -20,9 +20,16 @@ class StatCollector:
         self._pending: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._tick: dict[str, list[float]] = {}
 
-    def report(self, name: str, value) -> None:
+    def report(self, name: str, value, mask=None) -> None:
+        """Add ``value``'s elements to statistic ``name``; with a boolean ``mask`` of the same shape, only the
+        selected ones (without the host sync that indexing ``value[mask]`` costs on a GPU)."""
         v = torch.as_tensor(value).detach().to(self.device, torch.float64).flatten()
-        if v.numel():
+        if mask is not None:
+            w = torch.as_tensor(mask).detach().to(self.device, torch.float64).flatten()
+            if w.shape != v.shape:
+                raise ValueError(f"report({name!r}): mask has {w.numel()} elements, value {v.numel()}")
+            self._pending[name].append(torch.stack([w.sum(), (v * w).sum(), (v.square() * w).sum()]))
+        elif v.numel():
             count = torch.full([], float(v.numel()), dtype=torch.float64, device=self.device)  # no host copy
             self._pending[name].append(torch.stack([count, v.sum(), v.square().sum()]))
 

@@ -268,8 +268,9 @@ class DDGANPlugin(Plugin):
         # Diagnostics only (the paper's Fig. 10): D's loss per denoising step; adds no term.
         t = ctx.scratch["ddgan"]["t"]
         per_sample = (torch.nn.functional.softplus(-real.logits) + torch.nn.functional.softplus(fake.logits))
-        for step in range(1, self.schedule.T + 1):
-            ctx.report(f"Loss/ddgan/D_t{step}", per_sample.detach()[t == step])  # empty selections are skipped
+        per_sample = per_sample.detach().flatten()
+        for step in range(1, self.schedule.T + 1):  # steps no sample drew count 0 and are skipped
+            ctx.report(f"Loss/ddgan/D_t{step}", per_sample, mask=t.flatten() == step)
         return None
 
     # ------------------------------------------------------------------------------------------
