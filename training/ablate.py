@@ -39,6 +39,7 @@ import numpy as np
 
 from stylegan_base.errors import GanstackError
 from training.api import ConfigError
+from training.snapshots import _pyplot, scatter_on_axis
 
 CELL_FILE = "cell.json"
 
@@ -483,11 +484,6 @@ def write_markdown(rows, columns, stacks, path: str, title: str, notes: list[str
     return text
 
 
-def _pyplot():
-    from training.snapshots import _pyplot as get
-    return get()
-
-
 def plot_curves(cells: list[Cell], stacks: list[StackSpec], columns: list[str], path: str, title: str) -> bool:
     """One panel per metric column: mean over seeds against kimg per stack, with a +-std band."""
     plt = _pyplot()
@@ -578,13 +574,7 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
                 centers = None if centers is None else np.asarray(centers)
                 lim = float(np.abs(reference[:, :2]).max()) * 1.25
             x = draw_samples(model.G, model.stack, n, "cpu", seed=0).numpy()
-            ax.scatter(reference[:, 0], reference[:, 1], s=1, c="0.75", linewidths=0)
-            ax.scatter(x[:, 0], x[:, 1], s=1, c="tab:blue", alpha=0.6, linewidths=0)
-            if centers is not None:
-                ax.scatter(centers[:, 0], centers[:, 1], s=6, c="tab:red", marker="x", linewidths=0.5)
-            ax.set_xlim(-lim, lim)
-            ax.set_ylim(-lim, lim)
-            ax.set_aspect("equal")
+            scatter_on_axis(ax, x, reference, centers, lim, size=1.0)
             del model
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     for j, seed in enumerate(seeds):

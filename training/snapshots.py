@@ -50,6 +50,18 @@ def _pyplot():
 _warned = False
 
 
+def scatter_on_axis(ax, pts, reference=None, centers=None, lim: float = 1.0, size: float = 2.0) -> None:
+    """One 2-D panel: real data in grey, ``pts`` in blue, mixture centres as red crosses, square limits."""
+    if reference is not None:
+        ax.scatter(reference[:, 0], reference[:, 1], s=size, c="0.75", alpha=0.5, linewidths=0)
+    ax.scatter(pts[:, 0], pts[:, 1], s=size, c="tab:blue", alpha=0.6, linewidths=0)
+    if centers is not None:
+        ax.scatter(centers[:, 0], centers[:, 1], s=9 * size, c="tab:red", marker="x", linewidths=0.4 * size)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+
+
 def save_scatter_panels(panels: Sequence[tuple[str, np.ndarray]], path: str, reference: Optional[np.ndarray] = None,
                         centers: Optional[np.ndarray] = None, suptitle: str = "", lim: Optional[float] = None) -> bool:
     """One PNG with a scatter plot per ``(title, points [N, >=2])`` panel, side by side.
@@ -73,14 +85,7 @@ def save_scatter_panels(panels: Sequence[tuple[str, np.ndarray]], path: str, ref
         if reference is not None:
             lim = min(lim, float(np.abs(reference[:, :2]).max()) * 1.5)
     for ax, (title, pts) in zip(axes[0], panels):
-        if reference is not None:
-            ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.75", alpha=0.5, linewidths=0)
-        ax.scatter(pts[:, 0], pts[:, 1], s=2, c="tab:blue", alpha=0.6, linewidths=0)
-        if centers is not None:
-            ax.scatter(centers[:, 0], centers[:, 1], s=18, c="tab:red", marker="x", linewidths=0.8)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
+        scatter_on_axis(ax, pts, reference, centers, lim)
         ax.set_title(title, fontsize=10)
         ax.tick_params(labelsize=7)
     if suptitle:
