@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stylegan_base import ops  # noqa: E402
-from stylegan_base.networks import Discriminator, Generator  # noqa: E402
+from ganstack.stylegan_base import ops  # noqa: E402
+from ganstack.stylegan_base.networks import Discriminator, Generator  # noqa: E402
 
 
 def sync(device):

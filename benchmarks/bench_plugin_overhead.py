@@ -32,11 +32,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from stylegan_base.datasets import open_dataset  # noqa: E402
+from ganstack.stylegan_base.datasets import open_dataset  # noqa: E402
 from toy_compare import parse_assignments, parse_stacks  # noqa: E402
-from training.config import TrainConfig, resolve  # noqa: E402
-from training.loop import Trainer  # noqa: E402
-from training.plugin_manager import PluginStack  # noqa: E402
+from ganstack.training.config import TrainConfig, resolve  # noqa: E402
+from ganstack.training.loop import Trainer  # noqa: E402
+from ganstack.training.plugin_manager import PluginStack  # noqa: E402
 
 DEFAULT_OPTS = ["ada.p=0.6", "ada.adaptive=false"]
 

@@ -36,8 +36,8 @@ CASES = ("baseline", "smart", "smart-omit")
 
 
 def build(args, device):
-    from plugins.score_models import EDMPrecond
-    from stylegan_base.networks import Generator
+    from ganstack.plugins.score_models import EDMPrecond
+    from ganstack.stylegan_base.networks import Generator
     torch.manual_seed(0)
     G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=args.res, img_channels=3,
                   mapping_kwargs=dict(num_layers=2),
@@ -75,8 +75,8 @@ class SavedBytes:
 
 
 def run_case(case: str, args) -> dict:
-    from plugins.score_models import VPSchedule
-    from plugins.smart import smart_loss
+    from ganstack.plugins.score_models import VPSchedule
+    from ganstack.plugins.smart import smart_loss
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     G, score = build(args, device)

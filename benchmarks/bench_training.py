@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from stylegan_base.datasets import open_dataset  # noqa: E402
-from training.config import TrainConfig, resolve  # noqa: E402
-from training.loop import Trainer  # noqa: E402
-from training.plugin_manager import PluginStack, parse_stack  # noqa: E402
+from ganstack.stylegan_base.datasets import open_dataset  # noqa: E402
+from ganstack.training.config import TrainConfig, resolve  # noqa: E402
+from ganstack.training.loop import Trainer  # noqa: E402
+from ganstack.training.plugin_manager import PluginStack, parse_stack  # noqa: E402
 
 
 def measure(preset: str, res: int, batch, steps: int, warmup: int, device: str, plugins: str, amp: str):

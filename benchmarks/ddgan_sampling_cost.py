@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from training.config import TrainConfig, resolve  # noqa: E402
-from training.nets import build_networks  # noqa: E402
-from training.plugin_manager import PluginStack  # noqa: E402
+from ganstack.training.config import TrainConfig, resolve  # noqa: E402
+from ganstack.training.nets import build_networks  # noqa: E402
+from ganstack.training.plugin_manager import PluginStack  # noqa: E402
 
 
 def build(names, options, args, device):

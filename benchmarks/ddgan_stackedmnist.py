@@ -30,13 +30,13 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from metrics import registry  # noqa: E402
-from metrics.digits import load_classifier, mode_histogram  # noqa: E402
-from metrics.formulas import categorical_kl  # noqa: E402
-from stylegan_base.datasets import open_dataset  # noqa: E402
-from training.checkpoint import resolve_resume  # noqa: E402
-from training.inference import load_model  # noqa: E402
-from training.snapshots import save_image_grid  # noqa: E402
+from ganstack.metrics import registry  # noqa: E402
+from ganstack.metrics.digits import load_classifier, mode_histogram  # noqa: E402
+from ganstack.metrics.formulas import categorical_kl  # noqa: E402
+from ganstack.stylegan_base.datasets import open_dataset  # noqa: E402
+from ganstack.training.checkpoint import resolve_resume  # noqa: E402
+from ganstack.training.inference import load_model  # noqa: E402
+from ganstack.training.snapshots import save_image_grid  # noqa: E402
 
 
 def real_reference(dataset, net, num, seed=0, batch=500):

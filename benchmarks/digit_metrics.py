@@ -36,7 +36,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from metrics import digits, formulas
+    from ganstack.metrics import digits, formulas
 
     net, digest = digits.load_classifier(args.classifier)
     images, labels, desc = digits.load_digits(args.mnist)

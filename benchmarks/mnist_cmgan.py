@@ -13,7 +13,7 @@ Prerequisites (all written outside the repo)::
         --classifier /tmp/me/digit-classifier.pt --kimg 20 --outdir /tmp/me/mnist_cmgan \\
         --opt channels=16 --opt blocks=1
 
-Each mode trains in-process (``training.loop.Trainer``) from the same seed; ``--modes 'cd;cmgan;gan'`` adds the
+Each mode trains in-process (``ganstack.training.loop.Trainer``) from the same seed; ``--modes 'cd;cmgan;gan'`` adds the
 pure GAN of Appendix A. The final G_ema of each mode is saved to ``<outdir>/<run>.pt`` (a normal
 ganstack checkpoint, usable with ``ganstack generate``), so ``--eval-only`` re-evaluates without training and
 ``--skip-trained`` finishes an interrupted comparison (or adds a run) without retraining the runs already saved
@@ -36,12 +36,12 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from metrics import registry  # noqa: E402
-from stylegan_base.datasets import open_dataset  # noqa: E402
-from training.config import TrainConfig, resolve  # noqa: E402
-from training.loop import Trainer  # noqa: E402
-from training.plugin_manager import PluginStack  # noqa: E402
-from training.snapshots import save_image_grid  # noqa: E402
+from ganstack.metrics import registry  # noqa: E402
+from ganstack.stylegan_base.datasets import open_dataset  # noqa: E402
+from ganstack.training.config import TrainConfig, resolve  # noqa: E402
+from ganstack.training.loop import Trainer  # noqa: E402
+from ganstack.training.plugin_manager import PluginStack  # noqa: E402
+from ganstack.training.snapshots import save_image_grid  # noqa: E402
 
 # A CPU-sized StyleGAN2 D (the 'cifar' preset otherwise: R1 gamma 0.01, no path length, no style mixing).
 TRAIN_DEFAULTS = dict(cfg="cifar", batch=32, cbase=2048, cmax=64, mbstd_group=4, workers=0, tick=1.0)
@@ -98,7 +98,7 @@ def train_mode(args, spec, cmgan_opts, train):
 
 
 def load_G(path):
-    from training.inference import load_model
+    from ganstack.training.inference import load_model
     return load_model(path, device="cpu")
 
 
@@ -134,15 +134,15 @@ class _TeacherStack:
         self.steps = steps
 
     def first(self, hook, G, z, c, ctx, G_kwargs):
-        from plugins.score_models.edm import edm_sample
-        from training.api import DInput
+        from ganstack.plugins.score_models.edm import edm_sample
+        from ganstack.training.api import DInput
         return DInput(img=edm_sample(G, z.reshape([-1, *G.shape]), num_steps=self.steps), c=c)
 
 
 def evaluate_teacher(args, shape):
     from types import SimpleNamespace
 
-    from plugins.score_models import load_score_model
+    from ganstack.plugins.score_models import load_score_model
     model = SimpleNamespace(G=_TeacherAsG(load_score_model(args.teacher), shape), stack=_TeacherStack())
     return evaluate(args, model, "teacher (Heun, 18 steps)")
 

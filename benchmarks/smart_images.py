@@ -41,10 +41,10 @@ def read_series(run_dir: str, key: str = "Loss/smart/score"):
 @torch.no_grad()
 def fixed_batch_regularity(run_dir: str, score_path: str, n: int = 256, seed: int = 123):
     """Eq. 10 of every snapshot's G on one fixed batch (same z, t, eps for every snapshot)."""
-    from plugins.score_models import VPSchedule, load_score_model
-    from plugins.smart import smart_loss
-    from training import checkpoint as ckpt_io
-    from training.inference import load_model
+    from ganstack.plugins.score_models import VPSchedule, load_score_model
+    from ganstack.plugins.smart import smart_loss
+    from ganstack.training import checkpoint as ckpt_io
+    from ganstack.training.inference import load_model
     score = load_score_model(score_path)
     sched = VPSchedule("linear")
     out = []
@@ -61,7 +61,7 @@ def fixed_batch_regularity(run_dir: str, score_path: str, n: int = 256, seed: in
 
 
 def gan_config(args, seed):
-    from training.config import TrainConfig
+    from ganstack.training.config import TrainConfig
     values = dict(data=args.data, cfg="stylegan2", kimg=args.gan_kimg, batch=args.batch, cbase=args.cbase,
                   cmax=args.cmax, map_depth=2, z_dim=args.z_dim, w_dim=args.z_dim, mbstd_group=4, gamma=args.gamma,
                   pl_weight=0.0, tick=args.tick, snap=args.snap, keep=0, seed=seed, workers=1)
@@ -97,9 +97,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from plugins.score_models.train import ScoreTrainConfig
-    from plugins.score_models.train import run_training as train_score
-    from training.cli import run_training as train_gan
+    from ganstack.plugins.score_models.train import ScoreTrainConfig
+    from ganstack.plugins.score_models.train import run_training as train_score
+    from ganstack.training.cli import run_training as train_gan
 
     score = args.score
     if score is None:

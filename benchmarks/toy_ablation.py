@@ -4,7 +4,7 @@ on toy:grid49 and toy:gaussians25, 3 seeds each, one budget for every cell.
     python benchmarks/toy_ablation.py --outdir /tmp/ablation            # 2 datasets x 7 stacks x 3 seeds
     python benchmarks/toy_ablation.py --outdir /tmp/ablation --kimg 100 --datasets grid49 --seeds 0
 
-It only calls ``training.ablate.ablate`` (the ``ganstack ablate`` command), once per dataset, so the
+It only calls ``ganstack.training.ablate.ablate`` (the ``ganstack ablate`` command), once per dataset, so the
 same grid is::
 
     ganstack ablate --outdir OUT/grid49 --data toy:grid49 --kimg 300 --seeds 0-2 \\
@@ -41,7 +41,7 @@ def main():
 
     import torch
     torch.set_num_threads(args.threads)
-    from training.ablate import ablate, train_settings
+    from ganstack.training.ablate import ablate, train_settings
 
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in args.datasets.split(","):

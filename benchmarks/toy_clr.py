@@ -37,13 +37,13 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from metrics.registry import draw_samples  # noqa: E402
-from metrics.toy import mixture_metrics  # noqa: E402
-from stylegan_base.datasets import open_dataset  # noqa: E402
-from training.config import TrainConfig, resolve  # noqa: E402
-from training.loop import Trainer  # noqa: E402
-from training.plugin_manager import PluginStack  # noqa: E402
-from training.snapshots import save_scatter_panels  # noqa: E402
+from ganstack.metrics.registry import draw_samples  # noqa: E402
+from ganstack.metrics.toy import mixture_metrics  # noqa: E402
+from ganstack.stylegan_base.datasets import open_dataset  # noqa: E402
+from ganstack.training.config import TrainConfig, resolve  # noqa: E402
+from ganstack.training.loop import Trainer  # noqa: E402
+from ganstack.training.plugin_manager import PluginStack  # noqa: E402
+from ganstack.training.snapshots import save_scatter_panels  # noqa: E402
 
 # Table 3 of the paper: (lambda1, lambda2); (0, 0) is the baseline, i.e. the vanilla backbone.
 TABLE3 = [(0, 0), (1, 0), (0, 1), (5, 1), (10, 1), (15, 1), (5, 5), (5, 0.5)]

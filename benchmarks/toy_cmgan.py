@@ -33,12 +33,12 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from metrics.registry import draw_samples  # noqa: E402
-from metrics.toy import mixture_metrics  # noqa: E402
-from stylegan_base.datasets import open_dataset  # noqa: E402
-from training.config import TrainConfig, resolve  # noqa: E402
-from training.loop import Trainer  # noqa: E402
-from training.plugin_manager import PluginStack  # noqa: E402
+from ganstack.metrics.registry import draw_samples  # noqa: E402
+from ganstack.metrics.toy import mixture_metrics  # noqa: E402
+from ganstack.stylegan_base.datasets import open_dataset  # noqa: E402
+from ganstack.training.config import TrainConfig, resolve  # noqa: E402
+from ganstack.training.loop import Trainer  # noqa: E402
+from ganstack.training.plugin_manager import PluginStack  # noqa: E402
 
 LOSS_KEYS = ("Loss/G/loss", "Loss/D/loss", "Loss/cmgan/cd", "Loss/cmgan/cd_unweighted", "Loss/signs/real",
              "Loss/signs/fake")

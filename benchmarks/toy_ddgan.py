@@ -33,13 +33,13 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from metrics.registry import draw_samples  # noqa: E402
-from metrics.toy import mixture_metrics  # noqa: E402
-from stylegan_base.datasets import open_dataset  # noqa: E402
-from training.config import TrainConfig, resolve  # noqa: E402
-from training.loop import Trainer  # noqa: E402
-from training.plugin_manager import PluginStack  # noqa: E402
-from training.snapshots import save_scatter_panels  # noqa: E402
+from ganstack.metrics.registry import draw_samples  # noqa: E402
+from ganstack.metrics.toy import mixture_metrics  # noqa: E402
+from ganstack.stylegan_base.datasets import open_dataset  # noqa: E402
+from ganstack.training.config import TrainConfig, resolve  # noqa: E402
+from ganstack.training.loop import Trainer  # noqa: E402
+from ganstack.training.plugin_manager import PluginStack  # noqa: E402
+from ganstack.training.snapshots import save_scatter_panels  # noqa: E402
 
 DDGAN_OPT = dict(glr=1e-4, dlr=1e-4, g_betas=(0.5, 0.9), d_betas=(0.5, 0.9), gamma=0.05, r1_interval=1)
 TOY_OPT = dict(glr=1e-3, dlr=1e-3, g_betas=(0.0, 0.99), d_betas=(0.0, 0.99), gamma=0.0)

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks.toy_compare import parse_assignments, train_one  # noqa: E402
-from training.snapshots import save_scatter_panels  # noqa: E402
+from ganstack.training.snapshots import save_scatter_panels  # noqa: E402
 
 
 def _table(rows, title):

@@ -5,7 +5,7 @@ import os
 
 import click
 
-from stylegan_base.errors import DatasetError
+from ganstack.stylegan_base.errors import DatasetError
 
 
 def _device(device: str) -> str:
@@ -54,12 +54,12 @@ def metrics_command(network, metric_names, data, detectors, classifier, which, s
     Fakes are drawn through the checkpoint's plugin stack (its sampler hook) and quantised to uint8;
     each result includes nfe, the generator evaluations per sample.
     """
-    from metrics import registry
-    from stylegan_base.datasets import open_dataset
-    from training.checkpoint import resolve_resume
-    from training.inference import load_model
+    from ganstack.metrics import registry
+    from ganstack.stylegan_base.datasets import open_dataset
+    from ganstack.training.checkpoint import resolve_resume
+    from ganstack.training.inference import load_model
 
-    from metrics.detectors import locate
+    from ganstack.metrics.detectors import locate
 
     names = [m.strip() for m in metric_names.split(",") if m.strip()]
     given = _parse_detectors(detectors)
@@ -97,7 +97,7 @@ def train_classifier_command(data, out, holdout, epochs, seed):
     """Train the small MNIST classifier used by stackedmnist and digits_fid; reports held-out accuracy."""
     import torch
 
-    from metrics import digits
+    from ganstack.metrics import digits
 
     torch.manual_seed(seed)
     images, labels, desc = digits.load_digits(data)

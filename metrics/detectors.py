@@ -38,7 +38,7 @@ from typing import Optional
 
 import torch
 
-from stylegan_base.errors import GanstackError
+from ganstack.stylegan_base.errors import GanstackError
 
 
 class DetectorError(GanstackError):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stylegan_base.errors import GanstackError
+from ganstack.stylegan_base.errors import GanstackError
 
 FORMAT = "ganstack.digit-classifier"
 VERSION = 1
@@ -69,8 +69,8 @@ def to_input(img_uint8: torch.Tensor) -> torch.Tensor:
 
 def load_digits(path: str) -> tuple[np.ndarray, np.ndarray, str]:
     """``(images uint8 [N, 1, 32, 32], labels int64 [N], description)`` from MNIST idx files or a digit zip."""
-    from stylegan_base.dataset_tool import _is_mnist_dir, open_source
-    from stylegan_base.datasets import open_dataset
+    from ganstack.stylegan_base.dataset_tool import _is_mnist_dir, open_source
+    from ganstack.stylegan_base.datasets import open_dataset
 
     if os.path.isdir(path) and _is_mnist_dir(path) or os.path.basename(path).endswith(("-ubyte", "-ubyte.gz")):
         src = open_source(path)
@@ -164,7 +164,7 @@ def accuracy(net, x, y, batch: int = 1000) -> float:
 # Files
 
 def default_path() -> str:
-    from metrics.detectors import cache_root
+    from ganstack.metrics.detectors import cache_root
     return os.path.join(cache_root(), "digit-classifier.pt")
 
 
@@ -180,7 +180,7 @@ _loaded: dict = {}
 
 def load_classifier(path: Optional[str] = None, device="cpu") -> tuple[DigitClassifier, str]:
     """Load the classifier (``path``, else ``$GANSTACK_DIGIT_CLASSIFIER``, else the cache); ``(net, sha256)``."""
-    from metrics.detectors import file_sha256
+    from ganstack.metrics.detectors import file_sha256
 
     path = path or os.environ.get(ENV) or default_path()
     if not os.path.isfile(path):

@@ -23,8 +23,8 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from metrics.formulas import FeatureStats
-from stylegan_base.errors import DatasetError
+from ganstack.metrics.formulas import FeatureStats
+from ganstack.stylegan_base.errors import DatasetError
 
 CACHE_VERSION = 1
 
@@ -123,7 +123,7 @@ def generated_stats(G, stack, extractor: Callable[[torch.Tensor], torch.Tensor],
 
 def full_dataset(dataset):
     """The dataset with every item and no x-flips (the ``*_full`` protocol), reopened from its spec."""
-    from stylegan_base.datasets import open_dataset
+    from ganstack.stylegan_base.datasets import open_dataset
 
     if not dataset.mirror and dataset.max_size is None:
         return dataset
@@ -139,7 +139,7 @@ def stats_cache_key(dataset_fingerprint: str, extractor_id: str, options: dict) 
 
 def stats_cache_path(dataset, extractor_name: str, extractor_id: str, options: dict,
                      cache_dir: Optional[str] = None) -> str:
-    from metrics.detectors import cache_root
+    from ganstack.metrics.detectors import cache_root
 
     key = stats_cache_key(dataset.fingerprint(), extractor_id, options)
     folder = cache_dir or os.path.join(cache_root(), "gan-metrics")

@@ -20,8 +20,8 @@ CPU checks; the StyleGAN2-ADA names are the ``50k`` cases):
 ``digits_fid``         FID in the digit classifier's features, 10k samples (``digits_fidNk``)
 =====================  ===============================================================================
 
-Inception/VGG-16 come from :mod:`metrics.detectors` (a local file, never downloaded implicitly) and the
-digit classifier from :mod:`metrics.digits` (``ganstack train-classifier``).
+Inception/VGG-16 come from :mod:`ganstack.metrics.detectors` (a local file, never downloaded implicitly) and the
+digit classifier from :mod:`ganstack.metrics.digits` (``ganstack train-classifier``).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from stylegan_base.errors import GanstackError
+from ganstack.stylegan_base.errors import GanstackError
 
 _METRICS: dict[str, Callable] = {}
 _PATTERNS: list[tuple[re.Pattern, Callable, str]] = []
@@ -104,7 +104,7 @@ class MetricOptions:
 @torch.no_grad()
 def draw_samples(G, stack, n: int, device, c_sampler=None, seed: int = 0, batch: int = 256, **G_kwargs) -> torch.Tensor:
     """``n`` fakes through the sampler hook with a private generator (global RNG is forked)."""
-    from metrics.features import iter_fakes
+    from ganstack.metrics.features import iter_fakes
 
     return torch.cat(list(iter_fakes(G, stack, n, device, seed=seed, batch=batch, c_sampler=c_sampler, **G_kwargs)))
 
@@ -127,7 +127,7 @@ def _need_images(name: str, dataset):
 
 
 def _labels(G, dataset):
-    from metrics.features import label_sampler
+    from ganstack.metrics.features import label_sampler
     return label_sampler(G, dataset)
 
 
@@ -137,8 +137,8 @@ def _labels(G, dataset):
 @register("toy")
 def toy_metric(G, stack, dataset, device, cfg=None, opts=None, num_samples: int = 2500, **_):
     """Modes covered, high-quality share, reverse KL over modes and mean distance for 2-D mixtures."""
-    from metrics.features import ForwardCounter, iter_fakes
-    from metrics.toy import mixture_metrics
+    from ganstack.metrics.features import ForwardCounter, iter_fakes
+    from ganstack.metrics.toy import mixture_metrics
 
     info = dataset.info()
     toy = info.get("toy") or {}
@@ -158,7 +158,7 @@ def toy_metric(G, stack, dataset, device, cfg=None, opts=None, num_samples: int 
 # Inception / VGG-16 metrics (StyleGAN2-ADA protocol)
 
 def _detector(name: str, opts: MetricOptions, device):
-    from metrics.detectors import load_detector
+    from ganstack.metrics.detectors import load_detector
     return load_detector(name, opts.detectors.get(name), device=device, log=opts.log)
 
 
@@ -168,14 +168,14 @@ def _features(det, **kwargs):
 
 
 def _real(dataset, det, kwargs, opts, device, **stats_kwargs):
-    from metrics.features import real_stats
+    from ganstack.metrics.features import real_stats
     extractor, ident = _features(det, **kwargs)
     return real_stats(dataset, lambda x: extractor(x.to(device)), det.name, ident, device=device, batch=opts.batch,
                       cache=opts.cache, cache_dir=opts.cache_dir, log=opts.log, **stats_kwargs)
 
 
 def _gen(G, stack, dataset, det, kwargs, opts, device, num_gen, **stats_kwargs):
-    from metrics.features import generated_stats
+    from ganstack.metrics.features import generated_stats
     extractor, _ = _features(det, **kwargs)
     return generated_stats(G, stack, extractor, num_gen, device, seed=opts.seed, batch=opts.batch,
                            c_sampler=_labels(G, dataset), G_kwargs=opts.G_kwargs, **stats_kwargs)
@@ -191,7 +191,7 @@ def _detector_setup(match, dataset, detector: str, opts, device):
 
 @register_pattern(r"fid(\d+)(k?)(_full)?", "fidNk_full")
 def fid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
-    from metrics.formulas import frechet_distance
+    from ganstack.metrics.formulas import frechet_distance
     name, opts, num, det = _detector_setup(match, dataset, "inception", opts, device)
     kw = dict(return_features=True)
     real = _real(dataset, det, kw, opts, device, capture_mean_cov=True, max_items=None if match.group(3) else num)
@@ -202,7 +202,7 @@ def fid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
 
 @register_pattern(r"kid(\d+)(k?)(_full)?", "kidNk_full")
 def kid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
-    from metrics.formulas import kernel_distance
+    from ganstack.metrics.formulas import kernel_distance
     name, opts, num, det = _detector_setup(match, dataset, "inception", opts, device)
     kw = dict(return_features=True)
     real = _real(dataset, det, kw, opts, device, capture_all=True, max_items=1000000 if match.group(3) else num)
@@ -214,7 +214,7 @@ def kid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
 
 @register_pattern(r"pr(\d+)(k|_)(\d)(_full)?", "prNkK_full")
 def pr_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
-    from metrics.formulas import precision_recall
+    from ganstack.metrics.formulas import precision_recall
     name, opts, num, det = _detector_setup(match, dataset, "vgg16", opts, device)
     k = int(match.group(3))
     kw = dict(return_features=True)
@@ -227,7 +227,7 @@ def pr_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
 
 @register_pattern(r"is(\d+)(k?)", "isNk")
 def is_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
-    from metrics.formulas import inception_score
+    from ganstack.metrics.formulas import inception_score
     name, opts, num, det = _detector_setup(match, dataset, "inception", opts, device)
     # no_output_bias: the original Inception Score code drops the softmax layer's bias.
     gen, nfe = _gen(G, stack, dataset, det, dict(no_output_bias=True), opts, device, num, capture_all=True)
@@ -240,7 +240,7 @@ def is_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
 
 def _digit_setup(match, dataset, device, opts, default: int):
     """Common start of the digit metrics: options, sample count and the (verified) digit classifier."""
-    from metrics.digits import load_classifier
+    from ganstack.metrics.digits import load_classifier
 
     _need_images(match.group(0), dataset)
     opts = opts or MetricOptions()
@@ -251,9 +251,9 @@ def _digit_setup(match, dataset, device, opts, default: int):
 @register_pattern(r"stackedmnist(?:(\d+)(k?))?", "stackedmnist")
 def stackedmnist_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
     """Modes out of ``10^C`` (1000 for RGB StackedMNIST) and KL(q || uniform), 26k samples by default."""
-    from metrics.digits import mode_histogram
-    from metrics.features import ForwardCounter, iter_fakes, quantize
-    from metrics.formulas import categorical_kl
+    from ganstack.metrics.digits import mode_histogram
+    from ganstack.metrics.features import ForwardCounter, iter_fakes, quantize
+    from ganstack.metrics.formulas import categorical_kl
 
     opts, num, net, digest = _digit_setup(match, dataset, device, opts, default=26000)
     channels = dataset.info()["num_channels"]
@@ -268,9 +268,9 @@ def stackedmnist_metric(match, G, stack, dataset, device, cfg=None, opts=None, *
 @register_pattern(r"digits_fid(?:(\d+)(k?))?", "digits_fid")
 def digits_fid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_):
     """FID in the digit classifier's penultimate features (per channel, concatenated); 10k fakes by default."""
-    from metrics.digits import channel_features
-    from metrics.features import generated_stats, real_stats
-    from metrics.formulas import frechet_distance
+    from ganstack.metrics.digits import channel_features
+    from ganstack.metrics.features import generated_stats, real_stats
+    from ganstack.metrics.formulas import frechet_distance
 
     opts, num, net, digest = _digit_setup(match, dataset, device, opts, default=10000)
 

@@ -20,7 +20,7 @@ the official ``training/augment.py``.
 and then backpropagates that gradient into D, so the geometric warp needs a *double* backward. The
 official code shipped a custom op (``grid_sample_gradfix``) because PyTorch's ``grid_sample`` could not
 be differentiated twice at the time. Here the warp is built from native ops only: reflect padding, a
-2x FIR upsampling with the orthogonal 'sym6' wavelet filter (``stylegan_base.ops``), a bilinear
+2x FIR upsampling with the orthogonal 'sym6' wavelet filter (``ganstack.stylegan_base.ops``), a bilinear
 resampling and a 2x FIR downsampling. The bilinear step uses ``F.grid_sample`` when this PyTorch can
 differentiate it twice (checked once per device with a tiny probe; PyTorch 2.13 can) and otherwise a
 gather-based bilinear sampler written with ``torch.gather``, whose derivatives of every order are
@@ -54,8 +54,8 @@ import scipy.signal
 import torch
 import torch.nn.functional as F
 
-from stylegan_base import ops
-from training.api import Option, Plugin, PluginError, SignController, hookimpl
+from ganstack.stylegan_base import ops
+from ganstack.training.api import Option, Plugin, PluginError, SignController, hookimpl
 
 # Low-pass filters of orthogonal wavelets (coefficients from the official augment.py; facts, not code).
 SYM2 = [-0.12940952255092145, 0.22414386804185735, 0.836516303737469, 0.48296291314469025]
@@ -496,7 +496,7 @@ class AdaPlugin(Plugin):
 
     @property
     def p(self) -> float:
-        """The augmentation probability, adapted by :class:`training.api.SignController`."""
+        """The augmentation probability, adapted by :class:`ganstack.training.api.SignController`."""
         return self.ctl.p
 
     @hookimpl

@@ -44,9 +44,9 @@ import contextlib
 
 import torch
 
-from stylegan_base import networks
-from stylegan_base.ops import FullyConnectedLayer
-from training.api import Option, Plugin, PluginError, hookimpl
+from ganstack.stylegan_base import networks
+from ganstack.stylegan_base.ops import FullyConnectedLayer
+from ganstack.training.api import Option, Plugin, PluginError, hookimpl
 
 # Plugins whose G is not "one latent vector in, one sample out", so G(phi(x)) has no meaning.
 _INCOMPATIBLE = {

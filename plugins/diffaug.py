@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from training.api import Option, Plugin, PluginError, hookimpl
+from ganstack.training.api import Option, Plugin, PluginError, hookimpl
 
 POLICIES = ("color", "translation", "cutout")
 

@@ -56,7 +56,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from training.api import Option, Plugin, PluginError, SignController, hookimpl
+from ganstack.training.api import Option, Plugin, PluginError, SignController, hookimpl
 
 T_EPL_SIZE = 64  # Algorithm 1: t_epl has 64 entries ...
 T_EPL_ZEROS = 32  # ... of which 32 are zeros.
@@ -205,7 +205,7 @@ class DiffusionPlugin(Plugin):
 
     @property
     def p(self) -> float:
-        """The level p in [0, 1] behind T, adapted by :class:`training.api.SignController`."""
+        """The level p in [0, 1] behind T, adapted by :class:`ganstack.training.api.SignController`."""
         return self.ctl.p
 
     @property

@@ -21,7 +21,7 @@ How it plugs into the loop
   lr and betas are corrected as StyleGAN2 does. With several G regularizers (path length every 4 on
   image presets) one ``Greg`` phase runs on every step where *any* of them is due and evaluates only
   the due ones; the correction is ``mb_ratio = 1 / (1 + f)`` with ``f`` the share of steps that have
-  a ``Greg`` phase (``training.loop.lazy_mb_ratio``): path length 4 + SMaRt 8 gives ``f = 1/4`` and
+  a ``Greg`` phase (``ganstack.training.loop.lazy_mb_ratio``): path length 4 + SMaRt 8 gives ``f = 1/4`` and
   ``mb_ratio = 0.8``, the same as path length alone, because every 8th step is also a 4th.
   ``--smart-interval 1`` evaluates the term inside ``Gmain`` on every step, without gain or correction.
 * **It regularizes G(z) itself** (``ctx.sample()``, the sampler's output), never the augmented image:
@@ -49,8 +49,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from plugins.score_models import SCHEDULES, VPSchedule, make_score_model
-from training.api import LazyRegularizer, Option, PluginError, hookimpl
+from ganstack.plugins.score_models import SCHEDULES, VPSchedule, make_score_model
+from ganstack.training.api import LazyRegularizer, Option, PluginError, hookimpl
 
 RESIZE_MODES = ("off", "area", "bilinear")
 INCOMPATIBLE = {
@@ -173,7 +173,7 @@ class SmartPlugin:
         if self.model is not None:
             return  # loaded once per run
         if self.data_info is None:  # not built through build_networks: read the dataset's description
-            from stylegan_base.datasets import open_dataset
+            from ganstack.stylegan_base.datasets import open_dataset
             self.data_info = open_dataset(cfg.data, use_labels=cfg.cond).info()
         if self.data_info["kind"] != "image" and self.opts.resize != "off":
             raise PluginError(f"--smart-resize {self.opts.resize} applies to images; the dataset holds points. "

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from stylegan_base.ops import (BackboneConfigError, Conv2dLayer, FullyConnectedLayer, MinibatchStdLayer, bias_act,
+from ganstack.stylegan_base.ops import (BackboneConfigError, Conv2dLayer, FullyConnectedLayer, MinibatchStdLayer, bias_act,
                                downsample2d, modulated_conv2d, normalize_2nd_moment, setup_filter,
                                upsample2d, _act_spec)
 

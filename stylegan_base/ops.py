@@ -39,7 +39,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from stylegan_base.errors import GanstackError
+from ganstack.stylegan_base.errors import GanstackError
 
 __all__ = [
     'setup_filter', 'upfirdn2d', 'upfirdn2d_ref', 'upsample2d', 'downsample2d', 'filter2d',

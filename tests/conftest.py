@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 
-from stylegan_base.datasets import open_dataset
-from training import distributed
-from training.config import TrainConfig, resolve
-from training.loop import Trainer
-from training.plugin_manager import PluginStack
+from ganstack.stylegan_base.datasets import open_dataset
+from ganstack.training import distributed
+from ganstack.training.config import TrainConfig, resolve
+from ganstack.training.loop import Trainer
+from ganstack.training.plugin_manager import PluginStack
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -7,8 +7,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from conftest import make_trainer  # noqa: E402
-from training import distributed  # noqa: E402
-from training.api import hookimpl  # noqa: E402
+from ganstack.training import distributed  # noqa: E402
+from ganstack.training.api import hookimpl  # noqa: E402
 
 
 class StatRecorder:

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import state_equal
-from training import ablate as ab
-from training import checkpoint as ckpt_io
-from training import plugin_manager
-from training.api import ConfigError, Option, PluginError, hookimpl
+from ganstack.training import ablate as ab
+from ganstack.training import checkpoint as ckpt_io
+from ganstack.training import plugin_manager
+from ganstack.training.api import ConfigError, Option, PluginError, hookimpl
 
 TINY = dict(data="toy:gaussians25?n=2048", kimg=0.256, tick=0.128, batch=32, mlp_hidden=32, workers=0, image_snap=100)
 
@@ -22,7 +22,7 @@ TINY = dict(data="toy:gaussians25?n=2048", kimg=0.256, tick=0.128, batch=32, mlp
 @pytest.fixture(autouse=True)
 def no_snapshot_scatter_plots(monkeypatch):
     """The loop's per-tick scatter PNGs are not under test here and cost a second each on a CPU."""
-    monkeypatch.setattr("training.loop.save_scatter_panels", lambda *a, **k: False)
+    monkeypatch.setattr("ganstack.training.loop.save_scatter_panels", lambda *a, **k: False)
 
 
 class Jitter:
@@ -83,7 +83,7 @@ def test_two_stacks_two_seeds_write_table_and_plots_and_rerun_skips(tmp_path, wi
     # Second invocation: nothing is trained again, the reports are rewritten from the cells.
     def no_training(*a, **k):
         raise AssertionError("a finished cell was trained again")
-    monkeypatch.setattr("training.cli.run_training", no_training)
+    monkeypatch.setattr("ganstack.training.cli.run_training", no_training)
     logs = []
     res2 = ab.ablate(out, ["none", "jitter jitter.std=0.1"], [0, 1], dict(TINY), log=logs.append)
     assert any("Skipping 4 finished cell(s)" in m for m in logs)
@@ -96,7 +96,7 @@ def test_two_stacks_two_seeds_write_table_and_plots_and_rerun_skips(tmp_path, wi
 
 
 def test_interrupted_cell_resumes_from_its_checkpoint_exactly(tmp_path):
-    from training.cli import run_training
+    from ganstack.training.cli import run_training
 
     settings = dict(TINY, snap=1, metrics=("toy",))
     straight = ab.ablate(str(tmp_path / "straight"), ["none"], [0], dict(settings), log=_quiet)

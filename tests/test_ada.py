@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_config, make_trainer
-from plugins.ada import (AugmentPipe, bilinear_gather, grid_sample_double_backward_ok, pipe_multipliers,
+from ganstack.plugins.ada import (AugmentPipe, bilinear_gather, grid_sample_double_backward_ok, pipe_multipliers,
                          _grid_sample)
-from training.api import DInput, PluginError
-from training.loop import LoopState
-from training.loss import PhaseContext
-from training.plugin_manager import PluginStack
+from ganstack.training.api import DInput, PluginError
+from ganstack.training.loop import LoopState
+from ganstack.training.loss import PhaseContext
+from ganstack.training.plugin_manager import PluginStack
 
 
 def _smooth(n, c, size, seed=0):

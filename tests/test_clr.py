@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_trainer, state_equal
-from plugins.clr import CLRPlugin, distance
-from stylegan_base.ops import FullyConnectedLayer
-from training import checkpoint as ckpt_io
-from training.api import DInput, PluginError, hookimpl
-from training.loss import PhaseContext
-from training.plugin_manager import PluginStack
+from ganstack.plugins.clr import CLRPlugin, distance
+from ganstack.stylegan_base.ops import FullyConnectedLayer
+from ganstack.training import checkpoint as ckpt_io
+from ganstack.training.api import DInput, PluginError, hookimpl
+from ganstack.training.loss import PhaseContext
+from ganstack.training.plugin_manager import PluginStack
 
 LAMBDA1, LAMBDA2 = 5.0, 0.5  # paper Sec. 4.1
 

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from conftest import make_trainer, state_equal
-from plugins.cmgan import CMGANPlugin
-from plugins.cmgan.consistency import (ConsistencyFunction, cd_distance, cd_weighting, consistency_scalings,
+from ganstack.plugins.cmgan import CMGANPlugin
+from ganstack.plugins.cmgan.consistency import (ConsistencyFunction, cd_distance, cd_weighting, consistency_scalings,
                                        karras_grid, multistep_sample, ode_step, parse_sample_ts, update_target)
-from plugins.score_models import EDMPrecond, GaussianMixtureScore
-from plugins.score_models import io as score_io
-from plugins.score_models.edm import karras_sigmas
-from stylegan_base.errors import CheckpointError
-from training.api import DInput, PluginError
-from training.inference import load_model
-from training.loss import PhaseContext
+from ganstack.plugins.score_models import EDMPrecond, GaussianMixtureScore
+from ganstack.plugins.score_models import io as score_io
+from ganstack.plugins.score_models.edm import karras_sigmas
+from ganstack.stylegan_base.errors import CheckpointError
+from ganstack.training.api import DInput, PluginError
+from ganstack.training.inference import load_model
+from ganstack.training.loss import PhaseContext
 
 SMALL = {"channels": 32, "blocks": 2}  # a small residual MLP for the 2-D tests
 ANALYTIC = {"cmgan": {"teacher": "analytic", **SMALL}}

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from stylegan_base import dataset_tool
-from stylegan_base.dataset_tool import convert_dataset, dataset
-from stylegan_base.datasets import open_dataset
-from stylegan_base.errors import DatasetError
+from ganstack.stylegan_base import dataset_tool
+from ganstack.stylegan_base.dataset_tool import convert_dataset, dataset
+from ganstack.stylegan_base.datasets import open_dataset
+from ganstack.stylegan_base.errors import DatasetError
 
 REAL_MNIST = '/work/shared/data/mnist'
 

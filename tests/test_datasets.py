@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stylegan_base.datasets import (ImageFolderDataset, PointFileDataset, ShapesDataset, ToyMixtureDataset,
+from ganstack.stylegan_base.datasets import (ImageFolderDataset, PointFileDataset, ShapesDataset, ToyMixtureDataset,
                                     open_dataset)
-from stylegan_base.errors import DatasetError
-from stylegan_base.toy import TOY_MIXTURES
+from ganstack.stylegan_base.errors import DatasetError
+from ganstack.stylegan_base.toy import TOY_MIXTURES
 
 # ----------------------------------------------------------------------------------------------
 # Helpers.
@@ -406,7 +406,7 @@ def test_shapes_errors():
 
 
 def test_reader_without_pyspng(labeled_folder, tmp_path, monkeypatch):
-    import stylegan_base.datasets as datasets_module
+    import ganstack.stylegan_base.datasets as datasets_module
     root, images, _ = labeled_folder
     zip_path = zip_folder(root, tmp_path / 'nospng.zip')
     monkeypatch.setattr(datasets_module, 'pyspng', None)  # imageio decodes instead

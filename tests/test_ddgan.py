@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-import plugins.ddgan as ddgan_mod
+import ganstack.plugins.ddgan as ddgan_mod
 from conftest import make_config, make_trainer, state_equal
-from plugins.ddgan import DDGANPlugin, ema_kimg_for_decay, sample_chain
-from plugins.ddgan.networks import (DDGANImageDiscriminator, DDGANImageGenerator, DDGANPointDiscriminator,
+from ganstack.plugins.ddgan import DDGANPlugin, ema_kimg_for_decay, sample_chain
+from ganstack.plugins.ddgan.networks import (DDGANImageDiscriminator, DDGANImageGenerator, DDGANPointDiscriminator,
                                     DDGANPointGenerator)
-from plugins.ddgan.schedule import VPSchedule, timestep_embedding
-from training import checkpoint as ckpt_io
-from stylegan_base.datasets import open_dataset
-from training.api import DInput, PluginError, hookimpl
-from training.config import resolve
-from training.loss import PhaseContext
-from training.plugin_manager import PluginStack
+from ganstack.plugins.ddgan.schedule import VPSchedule, timestep_embedding
+from ganstack.training import checkpoint as ckpt_io
+from ganstack.stylegan_base.datasets import open_dataset
+from ganstack.training.api import DInput, PluginError, hookimpl
+from ganstack.training.config import resolve
+from ganstack.training.loss import PhaseContext
+from ganstack.training.plugin_manager import PluginStack
 
 SMALL_IMAGE = dict(image=True, z_dim=16, map_depth=2)  # keep the tiny 16x16 nets tiny
 
@@ -272,7 +272,7 @@ def test_r1_is_taken_on_x_prev_only():
 
 
 def test_class_conditional_model_trains_and_generates(tmp_path):
-    from training.inference import load_model
+    from ganstack.training.inference import load_model
     tr = make_trainer(["ddgan"], data="toy:gaussians25?n=2048&labels=1", cond=True)
     assert tr.G.c_dim == tr.D.c_dim == 25
     tr.step()
@@ -324,7 +324,7 @@ def _count_calls(monkeypatch, cls):
 
 @pytest.mark.parametrize("T", [4, 2])
 def test_generate_runs_T_generator_calls(tmp_path, monkeypatch, T):
-    from training.cli import main
+    from ganstack.training.cli import main
     tr = make_trainer(["ddgan"], options={"ddgan": {"steps": T}})
     tr.step()
     path = tmp_path / "net.pt"
@@ -338,7 +338,7 @@ def test_generate_runs_T_generator_calls(tmp_path, monkeypatch, T):
 
 
 def test_generate_images_and_snapshots_use_the_chain(tmp_path, monkeypatch):
-    from training.cli import main
+    from ganstack.training.cli import main
     tr = make_trainer(["ddgan"], **SMALL_IMAGE)
     path = tmp_path / "net.pt"
     ckpt_io.atomic_save(tr.checkpoint_dict(), str(path))
@@ -380,7 +380,7 @@ def test_conflicts_are_refused_with_reasons(monkeypatch):
 
 
 def test_cli_refusal_is_a_clean_error(tmp_path, capsys):
-    from training.cli import main
+    from ganstack.training.cli import main
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--plugins", "ddgan,diffaug", "--dry-run", "--outdir", str(tmp_path)])
     err = capsys.readouterr().err

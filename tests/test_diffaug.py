@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import make_config, make_trainer
-from plugins.diffaug import rand_brightness, rand_contrast, rand_cutout, rand_saturation, rand_translation, translate
-from training.api import DInput, PluginError, hookimpl
-from training.loss import PhaseContext
-from training.plugin_manager import PluginStack
+from ganstack.plugins.diffaug import rand_brightness, rand_contrast, rand_cutout, rand_saturation, rand_translation, translate
+from ganstack.training.api import DInput, PluginError, hookimpl
+from ganstack.training.loss import PhaseContext
+from ganstack.training.plugin_manager import PluginStack
 
 
 def _draws(seed, n):

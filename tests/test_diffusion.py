@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from conftest import make_config, make_trainer, state_equal
-from plugins.diffusion import (DiffusionPlugin, T_EPL_SIZE, T_EPL_ZEROS, embed_t, linear_schedule, q_sample,
+from ganstack.plugins.diffusion import (DiffusionPlugin, T_EPL_SIZE, T_EPL_ZEROS, embed_t, linear_schedule, q_sample,
                                sample_t_epl)
-from stylegan_base.datasets import open_dataset
-from training import distributed
-from training.api import DInput, PluginError, hookimpl
-from training.config import resolve
-from training.loop import LoopState
-from training.loss import PhaseContext
-from training.nets import build_networks
-from training.plugin_manager import PluginStack
+from ganstack.stylegan_base.datasets import open_dataset
+from ganstack.training import distributed
+from ganstack.training.api import DInput, PluginError, hookimpl
+from ganstack.training.config import resolve
+from ganstack.training.loop import LoopState
+from ganstack.training.loss import PhaseContext
+from ganstack.training.nets import build_networks
+from ganstack.training.plugin_manager import PluginStack
 
 
 def _plugin(**opts) -> DiffusionPlugin:

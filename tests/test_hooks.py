@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import make_trainer, state_equal
-from training import hookspecs
-from training.api import DInput, LazyRegularizer, Option, PluginError, hookimpl
-from training.loss import PhaseContext
-from training.plugin_manager import PluginStack, hook_names
+from ganstack.training import hookspecs
+from ganstack.training.api import DInput, LazyRegularizer, Option, PluginError, hookimpl
+from ganstack.training.loss import PhaseContext
+from ganstack.training.plugin_manager import PluginStack, hook_names
 
 
 def test_every_hook_is_documented_and_tested():

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import make_trainer
-from stylegan_base import networks
-from training.api import DInput
-from training.core import path_length_penalty, r1_penalty
-from training.loop import lazy_mb_ratio
+from ganstack.stylegan_base import networks
+from ganstack.training.api import DInput
+from ganstack.training.core import path_length_penalty, r1_penalty
+from ganstack.training.loop import lazy_mb_ratio
 
 
 def test_r1_matches_per_sample_gradient():

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import make_trainer
-from metrics import detectors, digits, features, formulas, registry
-from metrics.toy import mixture_metrics
-from stylegan_base.datasets import open_dataset
-from training.api import DInput, hookimpl
+from ganstack.metrics import detectors, digits, features, formulas, registry
+from ganstack.metrics.toy import mixture_metrics
+from ganstack.stylegan_base.datasets import open_dataset
+from ganstack.training.api import DInput, hookimpl
 
 
 # -------------------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ def test_stackedmnist_and_digits_fid_run_through_the_sampler(tmp_path, monkeypat
 # Command line
 
 def test_metrics_command_appends_json_lines_beside_the_checkpoint(stand_in, tmp_path, capsys, monkeypatch):
-    from training.cli import main
+    from ganstack.training.cli import main
 
     run = tmp_path / "run"
     run.mkdir()

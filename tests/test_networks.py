@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from stylegan_base import ops
-from stylegan_base.networks import (Discriminator, Generator, MappingNetwork, MLPDiscriminator, MLPGenerator,
+from ganstack.stylegan_base import ops
+from ganstack.stylegan_base.networks import (Discriminator, Generator, MappingNetwork, MLPDiscriminator, MLPGenerator,
                                     SynthesisNetwork)
 
 SMALL_SYN = dict(channel_base=256, channel_max=16)
@@ -62,7 +62,7 @@ def test_all_architectures_run_and_backprop(architecture):
 
 
 def test_bad_resolution_and_architecture_raise():
-    from stylegan_base.errors import GanstackError
+    from ganstack.stylegan_base.errors import GanstackError
     with pytest.raises(GanstackError):  # user-facing: the CLI prints it without a traceback
         small_G(24)
     for res in [12, 2, 0, 48]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylegan_base import ops
+from ganstack.stylegan_base import ops
 
 # ---------------------------------------------------------------------------
 # Straightforward references, written independently of the fast code.

@@ -8,7 +8,7 @@ import pytest
 
 PLUGIN_SRC = '''
 """Scales fake and real images by a constant (a third-party example)."""
-from training.api import Option, hookimpl
+from ganstack.training.api import Option, hookimpl
 
 
 class Scale:
@@ -46,7 +46,7 @@ def run(args, extra_path=None):
     env = dict(os.environ)
     if extra_path:
         env["PYTHONPATH"] = extra_path + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "ganstack", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.score_models import (EDMLoss, EDMPrecond, EmpiricalScore, GaussianMixtureScore, VPSchedule,
+from ganstack.plugins.score_models import (EDMLoss, EDMPrecond, EmpiricalScore, GaussianMixtureScore, VPSchedule,
                                   check_compatible, denoised_from_eps, edm_to_vp, ema_beta, eps_from_denoised,
                                   load_score_model, make_score_model, precond_coefficients, score_from_denoised,
                                   vp_to_edm)
-from plugins.score_models import io as score_io
-from stylegan_base.errors import CheckpointError
+from ganstack.plugins.score_models import io as score_io
+from ganstack.stylegan_base.errors import CheckpointError
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -108,7 +108,7 @@ def test_mixture_score_matches_finite_differences_of_log_density(sigma):
 
 
 def test_toy_grid49_score_from_dataset_info():
-    from stylegan_base.datasets import open_dataset
+    from ganstack.stylegan_base.datasets import open_dataset
     info = open_dataset("toy:grid49?n=490").info()
     model = make_score_model("analytic", info)
     assert model.centers.shape == (49, 2) and model.std[0].item() == pytest.approx(0.01)
@@ -148,8 +148,8 @@ def test_empirical_score_is_the_zero_width_mixture_and_chunking_is_exact():
 
 
 def test_heun_sampler_with_the_exact_score_reproduces_the_mixture():
-    from plugins.score_models import edm_sample, karras_sigmas
-    from stylegan_base.datasets import open_dataset
+    from ganstack.plugins.score_models import edm_sample, karras_sigmas
+    from ganstack.stylegan_base.datasets import open_dataset
     sig = karras_sigmas(18)
     assert sig[0].item() == pytest.approx(80.0) and sig[-2].item() == pytest.approx(0.002) and sig[-1] == 0
     info = open_dataset("toy:ring8?n=80").info()
@@ -288,8 +288,8 @@ def test_checkpoint_errors(tmp_path):
 # ganstack train-score
 
 def _score_trainer(resume=None, run_dir=None, **kw):
-    from plugins.score_models.train import ScoreTrainConfig, ScoreTrainer, resolve_config
-    from stylegan_base.datasets import open_dataset
+    from ganstack.plugins.score_models.train import ScoreTrainConfig, ScoreTrainer, resolve_config
+    from ganstack.stylegan_base.datasets import open_dataset
     opts = dict(data="toy:ring8?n=512", batch=64, channels=32, blocks=2, workers=0, lr_rampup_kimg=0.0,
                 pictures=False, tick=0.128)
     opts.update(kw)
@@ -301,7 +301,7 @@ def _score_trainer(resume=None, run_dir=None, **kw):
 
 def _fixed_denoising_error(model):
     g = torch.Generator().manual_seed(0)
-    from stylegan_base.datasets import open_dataset
+    from ganstack.stylegan_base.datasets import open_dataset
     x = torch.as_tensor(open_dataset("toy:ring8?n=512").points[:256])
     sigma = torch.tensor([0.05, 0.2, 0.5, 1.0]).repeat(64)
     noisy = x + torch.randn(x.shape, generator=g) * sigma.unsqueeze(1)
@@ -310,7 +310,7 @@ def _fixed_denoising_error(model):
 
 
 def test_train_score_learns_and_resumes_exactly(tmp_path):
-    from stylegan_base.datasets import open_dataset
+    from ganstack.stylegan_base.datasets import open_dataset
     best = _fixed_denoising_error(make_score_model("analytic", open_dataset("toy:ring8?n=64").info()))
     tr = _score_trainer()
     before = _fixed_denoising_error(tr.net)
@@ -338,8 +338,8 @@ def test_train_score_learns_and_resumes_exactly(tmp_path):
 def test_train_score_command_sigterm_checkpoint_and_resume(tmp_path, monkeypatch):
     import signal
 
-    from plugins.score_models.train import ScoreTrainer
-    from training.cli import main
+    from ganstack.plugins.score_models.train import ScoreTrainer
+    from ganstack.training.cli import main
 
     args = ["train-score", "--data", "toy:ring8?n=512", "--kimg", "0.64", "--batch", "64", "--channels", "16",
             "--blocks", "1", "--tick", "0.128", "--snap", "100", "--workers", "0", "--no-pictures",
@@ -371,7 +371,7 @@ def test_train_score_command_sigterm_checkpoint_and_resume(tmp_path, monkeypatch
     assert state_equal(straight["model"], resumed["model"]) and state_equal(straight["training"]["net"],
                                                                             resumed["training"]["net"])
     # The run folder is a valid --smart-score for the same data, and refused for other data.
-    from stylegan_base.datasets import open_dataset
+    from ganstack.stylegan_base.datasets import open_dataset
     model = make_score_model(straight_dir, open_dataset("toy:ring8?n=64").info())
     assert model.point_dim == 2 and not model.training
     with pytest.raises(CheckpointError, match="scores points data|scores 2-D points"):

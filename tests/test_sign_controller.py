@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from training.api import SignController
+from ganstack.training.api import SignController
 
 
 def _feed(ctl, values, batch=64):

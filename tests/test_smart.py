@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import make_trainer, state_equal
-from plugins.score_models import EDMPrecond, GaussianMixtureScore, VPSchedule
-from plugins.score_models import io as score_io
-from plugins.smart import smart_loss
-from stylegan_base.errors import CheckpointError
-from training.api import DInput, PluginError, hookimpl
-from training.loss import PhaseContext
+from ganstack.plugins.score_models import EDMPrecond, GaussianMixtureScore, VPSchedule
+from ganstack.plugins.score_models import io as score_io
+from ganstack.plugins.smart import smart_loss
+from ganstack.stylegan_base.errors import CheckpointError
+from ganstack.training.api import DInput, PluginError, hookimpl
+from ganstack.training.loss import PhaseContext
 
 GRID = dict(data="toy:grid49?n=2048")
 ANALYTIC = {"smart": {"score": "analytic"}}
@@ -81,7 +81,7 @@ def test_omit_jacobian_gradient_is_the_formula_with_a_frozen_score():
 
 def test_regularity_pulls_points_onto_the_grid():
     """Theorem 3.3 / Eq. 12: descending L_score moves off-manifold points to the data (toy:grid49)."""
-    from stylegan_base.datasets import open_dataset
+    from ganstack.stylegan_base.datasets import open_dataset
     info = open_dataset("toy:grid49?n=490").info()
     model = GaussianMixtureScore.from_data_info(info)
     centers = model.centers.float()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import make_trainer, state_equal
-from training import checkpoint as ckpt_io
-from training.api import hookimpl
+from ganstack.training import checkpoint as ckpt_io
+from ganstack.training.api import hookimpl
 
 HEADLINE = ["diffusion", "smart", "clr"]
 OPTS = {"smart": {"score": "analytic"}}  # the exact score of the built-in toy mixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.stats import StatCollector
+from ganstack.training.stats import StatCollector
 
 
 def test_masked_reports_equal_reports_of_the_selection():

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from conftest import make_trainer, state_equal
-from training import checkpoint as ckpt_io
+from ganstack.training import checkpoint as ckpt_io
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 
 def ganstack(*args, cwd=None, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ganstack", *args], capture_output=True, text=True,
                           cwd=cwd, env=env or ENV, timeout=timeout)
 
 
@@ -129,7 +129,7 @@ def test_tiny_image_run_and_generate(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_writes_checkpoint_then_resume(sig, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "train", "--data", "toy:gaussians25?n=2048",
+    proc = subprocess.Popen([sys.executable, "-m", "ganstack", "train", "--data", "toy:gaussians25?n=2048",
                              "--kimg", "100000", "--batch", "32", "--tick", "1000", "--outdir", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.time() + 120

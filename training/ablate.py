@@ -5,7 +5,7 @@
     ganstack ablate --data toy:grid49 --kimg 500 --seeds 0-2 \\
         --stacks "none;diffusion;smart;clr;diffusion,smart,clr" --outdir /tmp/ablation
 
-Every cell (stack, seed) is one ordinary training run made by :func:`training.cli.run_training`
+Every cell (stack, seed) is one ordinary training run made by :func:`ganstack.training.cli.run_training`
 in ``<outdir>/cells/<stack>/seed<k>/``; the cells share every training option except the seed.
 Options of a plugin apply to each stack that enables it (``--opt smart.weight=0.1``), a stack may
 carry its own (``--stack "diffusion,smart smart.weight=0.1"``), and ``--sweep smart.weight=0.01,0.1``
@@ -37,9 +37,9 @@ from typing import Optional
 import click
 import numpy as np
 
-from stylegan_base.errors import GanstackError
-from training.api import ConfigError
-from training.snapshots import _pyplot, scatter_on_axis
+from ganstack.stylegan_base.errors import GanstackError
+from ganstack.training.api import ConfigError
+from ganstack.training.snapshots import _pyplot, scatter_on_axis
 
 CELL_FILE = "cell.json"
 
@@ -82,7 +82,7 @@ def _parse_assignment(text: str, what: str) -> tuple[str, str, str]:
 
 def parse_stack_spec(text: str) -> StackSpec:
     """``"diffusion,smart smart.weight=0.1"`` -> plugins ``[diffusion, smart]`` with that option."""
-    from training.plugin_manager import parse_stack
+    from ganstack.training.plugin_manager import parse_stack
 
     parts = text.split()
     if not parts:
@@ -137,17 +137,17 @@ def build_stacks(stack_specs, shared_opts=(), sweep: Optional[str] = None) -> li
 def validate_stacks(stacks: list[StackSpec], settings: Optional[dict] = None) -> None:
     """Unknown plugins, unknown or out-of-range options and refused stacks (``configure``) fail now,
     not after hours of training."""
-    from training.plugin_manager import PluginStack
+    from ganstack.training.plugin_manager import PluginStack
 
     info = None
     if settings is not None:
-        from stylegan_base.datasets import open_dataset
+        from ganstack.stylegan_base.datasets import open_dataset
         info = open_dataset(settings.get("data", "toy:gaussians25"), use_labels=bool(settings.get("cond"))).info()
     for s in stacks:
         try:
             stack = PluginStack(s.plugins, s.options)
             if info is not None:
-                from training.config import resolve
+                from ganstack.training.config import resolve
                 cfg = make_config(dict(settings), 0)
                 resolve(cfg, info)
                 stack.configure(cfg)
@@ -179,7 +179,7 @@ def _coerce(value: str, default):
 
 def train_settings(base: dict, assignments=()) -> dict:
     """``{TrainConfig field: value}`` from the named options plus ``--set KEY=VALUE``."""
-    from training.config import TrainConfig
+    from ganstack.training.config import TrainConfig
 
     fields = {f.name: f for f in dataclasses.fields(TrainConfig) if not f.name.startswith("_")}
     out = {k: v for k, v in base.items() if v is not None}
@@ -200,7 +200,7 @@ def train_settings(base: dict, assignments=()) -> dict:
 
 
 def make_config(settings: dict, seed: int):
-    from training.config import TrainConfig
+    from ganstack.training.config import TrainConfig
 
     cfg = TrainConfig(**settings, seed=seed)
     cfg._user_set = set(settings) | {"seed"}
@@ -243,7 +243,7 @@ def run_dirs(cell_dir: str) -> list[str]:
 
 
 def newest_checkpoint(cell_dir: str) -> Optional[str]:
-    from training import checkpoint as ckpt_io
+    from ganstack.training import checkpoint as ckpt_io
 
     best = None
     for rd in run_dirs(cell_dir):
@@ -256,7 +256,7 @@ def newest_checkpoint(cell_dir: str) -> Optional[str]:
 
 def run_cell(cell: Cell, settings: dict, device: Optional[str] = None, log=None) -> dict:
     """Train one cell to the budget (or resume it), then record it as done; returns its cell.json."""
-    from training.cli import run_training
+    from ganstack.training.cli import run_training
 
     fp = cell_fingerprint(settings, cell.stack, cell.seed)
     state = _read_cell(cell.dir)
@@ -359,7 +359,7 @@ def run_grid(cells: list[Cell], settings: dict, jobs: int = 1, devices: Optional
 
 def cell_history(cell_dir: str) -> dict:
     """``{metric: {kimg: results}}`` over all run folders of the cell (a later run wins a tie)."""
-    from metrics.registry import read_results
+    from ganstack.metrics.registry import read_results
 
     hist: dict = {}
     for rd in run_dirs(cell_dir):
@@ -385,7 +385,7 @@ def final_values(cell_dir: str) -> tuple[Optional[float], dict]:
 
 
 def column_direction(column: str) -> int:
-    from metrics.registry import direction
+    from ganstack.metrics.registry import direction
     return direction(column.split("/", 1)[-1])
 
 
@@ -540,9 +540,9 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
     """Grid of scatter plots (rows: stacks, columns: seeds) of samples from each cell's final checkpoint."""
     import torch
 
-    from metrics.registry import draw_samples
-    from stylegan_base.datasets import open_dataset
-    from training.inference import load_model
+    from ganstack.metrics.registry import draw_samples
+    from ganstack.stylegan_base.datasets import open_dataset
+    from ganstack.training.inference import load_model
 
     plt = _pyplot()
     if plt is None:
@@ -627,8 +627,8 @@ def plan(outdir: str, stacks: list[StackSpec], seeds: list[int]) -> list[Cell]:
 
 def default_snap(settings: dict) -> int:
     """Ticks between checkpoints so that each cell is evaluated about ten times."""
-    from stylegan_base.datasets import open_dataset
-    from training.config import resolve
+    from ganstack.stylegan_base.datasets import open_dataset
+    from ganstack.training.config import resolve
 
     cfg = make_config(dict(settings), 0)
     resolve(cfg, open_dataset(cfg.data, use_labels=cfg.cond).info())
@@ -648,7 +648,7 @@ def ablate(outdir: str, stack_specs, seeds, settings: dict, shared_opts=(), swee
         raise ConfigError("ganstack ablate needs one shared budget: --kimg N.")
     settings = dict(settings)
     if "metrics" not in settings:
-        from stylegan_base.datasets import open_dataset
+        from ganstack.stylegan_base.datasets import open_dataset
         info = open_dataset(settings.get("data", "toy:gaussians25")).info()
         settings["metrics"] = ("toy",) if info.get("toy") else ()
     if "snap" not in settings:
@@ -699,7 +699,7 @@ def ablate(outdir: str, stack_specs, seeds, settings: dict, shared_opts=(), swee
 def ablate_command(outdir, stacks_text, stack_list, seeds, data, kimg, cfg, batch, metrics, snap, tick, shared_opts,
                    sweep, assignments, jobs, devices, dry_run):
     """Train stacks x seeds on one budget; write results.csv, results.md and plots. Resumable."""
-    from training.cli import parse_range
+    from ganstack.training.cli import parse_range
 
     specs = [s for s in (stacks_text or "").split(";") if s.strip()] + list(stack_list)
     if not specs:

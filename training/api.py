@@ -2,10 +2,10 @@
 
 A plugin author imports everything from here::
 
-    from training.api import hookimpl, Option, DInput
+    from ganstack.training.api import hookimpl, Option, DInput
 
 and writes a class (or a module) whose methods are marked with ``@hookimpl``. The hooks themselves,
-with what each receives and may return, are documented in :mod:`training.hookspecs`.
+with what each receives and may return, are documented in :mod:`ganstack.training.hookspecs`.
 
 The types below are what flows between the training loop and the plugins:
 
@@ -25,7 +25,12 @@ from typing import Any, Callable, Optional, Sequence
 import pluggy
 import torch
 
-from stylegan_base.errors import GanstackError
+from ganstack.stylegan_base.errors import GanstackError
+
+__all__ = [
+    "PROJECT", "ENTRY_POINT_GROUP", "hookspec", "hookimpl", "PluginError", "ConfigError", "Option",
+    "OptionValues", "DInput", "DOutput", "LazyRegularizer", "SignController", "Plugin",
+]
 
 PROJECT = "ganstack"
 ENTRY_POINT_GROUP = "ganstack.plugins"

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from stylegan_base.errors import CheckpointError
+from ganstack.stylegan_base.errors import CheckpointError
 
 FORMAT = "ganstack.checkpoint"
 VERSION = 1

@@ -16,10 +16,10 @@ from typing import Optional
 
 import click
 
-from stylegan_base.errors import CheckpointError, GanstackError
-from training.api import ConfigError, PluginError
-from training.config import ALL_PRESETS, TrainConfig
-from training.plugin_manager import (CORE_NAME, discover, hook_names, load_plugin, parse_stack,
+from ganstack.stylegan_base.errors import CheckpointError, GanstackError
+from ganstack.training.api import ConfigError, PluginError
+from ganstack.training.config import ALL_PRESETS, TrainConfig
+from ganstack.training.plugin_manager import (CORE_NAME, discover, hook_names, load_plugin, parse_stack,
                                      plugin_option_schema)
 
 COMMAND_GROUP = "ganstack.commands"
@@ -191,12 +191,12 @@ def run_training(cfg: TrainConfig, plugin_names, plugin_options: dict, outdir: s
     """
     import torch
 
-    from stylegan_base.datasets import open_dataset
-    from training import checkpoint as ckpt_io
-    from training import distributed
-    from training.config import resolve, validate
-    from training.loop import Trainer
-    from training.plugin_manager import PluginStack
+    from ganstack.stylegan_base.datasets import open_dataset
+    from ganstack.training import checkpoint as ckpt_io
+    from ganstack.training import distributed
+    from ganstack.training.config import resolve, validate
+    from ganstack.training.loop import Trainer
+    from ganstack.training.plugin_manager import PluginStack
 
     resume_ckpt = None
     if resume:
@@ -365,8 +365,8 @@ def generate_command(network, seeds, truncation_psi, class_idx, noise_mode, outd
     import numpy as np
     import torch
 
-    from training.inference import load_model
-    from training.snapshots import grid_shape, save_image_grid, save_scatter_panels
+    from ganstack.training.inference import load_model
+    from ganstack.training.snapshots import grid_shape, save_image_grid, save_scatter_panels
 
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     model = load_model(network, device=dev)
@@ -458,7 +458,7 @@ def plugins_show(name):
     """Describe one plugin: source, hooks and options."""
     registry = _safe_registry()
     if name == CORE_NAME:
-        from training.core import CorePlugin
+        from ganstack.training.core import CorePlugin
         obj, source = CorePlugin(), "built-in (always on)"
     else:
         obj = load_plugin(name, registry)
@@ -495,7 +495,7 @@ def build_cli() -> click.Group:
     cli.add_command(make_train_command(schemas))
     cli.add_command(generate_command)
     cli.add_command(plugins_group)
-    from stylegan_base.dataset_tool import dataset as dataset_group
+    from ganstack.stylegan_base.dataset_tool import dataset as dataset_group
     cli.add_command(dataset_group)
     for ep in importlib_metadata.entry_points(group=COMMAND_GROUP):
         try:

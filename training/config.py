@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-from training.api import ConfigError
+from ganstack.training.api import ConfigError
 
 # StyleGAN2-ADA (Karras et al. 2020), train.py: cfg_specs.
 #   mb: total batch, mbstd: minibatch-std group, fmaps: channel_base / 32768, lrate: G and D lr,
@@ -142,7 +142,7 @@ def resolve(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> TrainConf
     """Fill every ``None`` option from the preset, as StyleGAN2-ADA's ``train.py`` does, and validate.
 
     ``data_info`` is the dataset's ``info()`` (``kind``, ``resolution``, ...). Raises
-    :class:`~training.api.ConfigError` for impossible combinations.
+    :class:`~ganstack.training.api.ConfigError` for impossible combinations.
     """
     kind = data_info["kind"]
     name = cfg.cfg

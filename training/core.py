@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from stylegan_base import networks
-from training.api import DInput, LazyRegularizer, hookimpl
+from ganstack.stylegan_base import networks
+from ganstack.training.api import DInput, LazyRegularizer, hookimpl
 
 
 def r1_penalty(D_out_fn, real: DInput) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Every hook of the ganstack training loop.
 
-A plugin implements any subset of these with ``@training.api.hookimpl``; an implementation may accept
+A plugin implements any subset of these with ``@ganstack.training.api.hookimpl``; an implementation may accept
 only some of the arguments (pluggy passes what it asks for). Hooks are called in the order given by
 ``--plugins`` wherever order matters (``chain`` below), and the built-in ``core`` plugin provides the
 StyleGAN2 defaults (networks, sampler, R1 and path-length regularization) behind every plugin.
@@ -15,17 +15,17 @@ Kinds of hooks:
 * **exclusive** (``firstresult``) - at most one enabled plugin may implement it; two are a start-up
   conflict. The core default runs when no plugin does.
 
-The phase context ``ctx`` passed to the per-phase hooks is a :class:`training.loss.PhaseContext`:
+The phase context ``ctx`` passed to the per-phase hooks is a :class:`ganstack.training.loss.PhaseContext`:
 ``ctx.phase`` ('Gmain', 'Greg', 'Dmain', 'Dreg'), ``ctx.step``, ``ctx.cur_nimg``, ``ctx.G``, ``ctx.D``,
-``ctx.reals`` (a :class:`~training.api.DInput`), ``ctx.z``/``ctx.c`` (the phase's latents and labels),
+``ctx.reals`` (a :class:`~ganstack.training.api.DInput`), ``ctx.z``/``ctx.c`` (the phase's latents and labels),
 ``ctx.cfg``, ``ctx.scratch`` (a dict shared by the hooks of one phase), and helpers
-``ctx.run_D(x, is_real)`` (augment + D, returns a :class:`~training.api.DOutput`),
+``ctx.run_D(x, is_real)`` (augment + D, returns a :class:`~ganstack.training.api.DOutput`),
 ``ctx.augment(x, is_real)``, ``ctx.sample(z, c)`` (the sampler) and ``ctx.report(name, value)``
 (statistics, averaged over the tick and all-reduced over GPUs).
 """
 from __future__ import annotations
 
-from training.api import hookspec
+from ganstack.training.api import hookspec
 
 # ---------------------------------------------------------------------------------------------
 # Start-up
@@ -36,7 +36,7 @@ def add_options():
     """[each] Declare this plugin's options.
 
     Called when the CLI is built and whenever a plugin stack is created. Return a list of
-    :class:`training.api.Option`. Each becomes the flag ``--<plugin>-<name>`` of ``ganstack train``,
+    :class:`ganstack.training.api.Option`. Each becomes the flag ``--<plugin>-<name>`` of ``ganstack train``,
     the key ``<plugin>.<name>`` for ``ganstack ablate``, and a row of ``ganstack plugins show``.
     """
 
@@ -45,11 +45,11 @@ def add_options():
 def configure(opts, cfg, stack):
     """[each] Receive this plugin's parsed options before anything is built.
 
-    ``opts`` is an :class:`training.api.OptionValues` holding this plugin's options (defaults filled
-    in, types and ranges checked). ``cfg`` is the mutable :class:`training.config.TrainConfig`: a
+    ``opts`` is an :class:`ganstack.training.api.OptionValues` holding this plugin's options (defaults filled
+    in, types and ranges checked). ``cfg`` is the mutable :class:`ganstack.training.config.TrainConfig`: a
     plugin may change a setting the user did not give explicitly (``cfg.is_user_set(name)`` tells), for
     example a recommended learning rate. ``stack`` is the ordered list of enabled plugin names. Raise
-    :class:`training.api.PluginError` to refuse a stack that cannot work (a declared conflict); the
+    :class:`ganstack.training.api.PluginError` to refuse a stack that cannot work (a declared conflict); the
     message must say why and what to do instead. Return nothing.
     """
 
@@ -88,7 +88,7 @@ def build_discriminator(kwargs, data_info, cfg):
 def modify_networks(nets, cfg):
     """[chain] Change the built networks before the optimizers are made.
 
-    ``nets`` is a :class:`training.networks_builder.Networks` with ``G`` and ``D``. A plugin may attach
+    ``nets`` is a :class:`ganstack.training.networks_builder.Networks` with ``G`` and ``D``. A plugin may attach
     submodules (the CLR latent head is added to D so that D's optimizer trains it and D's checkpoint
     holds it) or wrap a network. Return a new ``Networks`` or ``None`` after changing it in place.
     ``G_ema`` is copied from the final ``G`` after this hook.
@@ -98,7 +98,7 @@ def modify_networks(nets, cfg):
 @hookspec
 def lazy_regularizers(cfg):
     """[collect] Declare regularizers that run every k-th step: return a list of
-    :class:`training.api.LazyRegularizer`.
+    :class:`ganstack.training.api.LazyRegularizer`.
 
     Called once at start-up. The loop runs a ``Greg``/``Dreg`` phase on every step where at least
     one regularizer of that network is due, multiplies each due regularizer's loss by its interval
@@ -117,7 +117,7 @@ def lazy_regularizers(cfg):
 def prepare_reals(reals, ctx):
     """[chain] Transform the real batch once at the start of a phase, before R1's leaf is made.
 
-    ``reals`` is a :class:`training.api.DInput` with the dataset's images in [-1, 1] and labels. Return
+    ``reals`` is a :class:`ganstack.training.api.DInput` with the dataset's images in [-1, 1] and labels. Return
     a replacement or ``None``. This is for methods whose D does not see plain data: DDGAN turns
     ``x_0`` into the pair ``(x_{t-1}, x_t)`` so that R1 acts on ``x_{t-1}``. Augmentations belong in
     ``augment_d_input`` instead.
@@ -128,7 +128,7 @@ def prepare_reals(reals, ctx):
 def sampler(G, z, c, ctx, G_kwargs):
     """[exclusive] Make fakes with generator ``G`` from latents ``z [N, z_dim]`` and labels ``c``.
 
-    Returns a :class:`training.api.DInput` whose ``img`` is the fake batch. ``ctx`` is the phase
+    Returns a :class:`ganstack.training.api.DInput` whose ``img`` is the fake batch. ``ctx`` is the phase
     context during training (a sampler may read ``ctx.reals``, for example to noise the same data as
     the real branch) and ``None`` when ``generate``, snapshots and metrics draw samples; then the
     sampler must run its full sampling chain and return final samples. ``G_kwargs`` holds keyword
@@ -141,7 +141,7 @@ def sampler(G, z, c, ctx, G_kwargs):
 def augment_d_input(x, ctx, is_real):
     """[chain] Transform what D sees, for reals and fakes alike, before every D evaluation.
 
-    ``x`` is a :class:`training.api.DInput`; ``is_real`` tells which branch it is. Return the
+    ``x`` is a :class:`ganstack.training.api.DInput`; ``is_real`` tells which branch it is. Return the
     augmented ``DInput`` (or ``None`` to pass it on unchanged). The pipeline must be differentiable:
     G's gradient and R1's gradient flow through it. Plugins run in ``--plugins`` order, so
     ``--plugins ada,diffusion`` augments first and diffuses second.
@@ -152,7 +152,7 @@ def augment_d_input(x, ctx, is_real):
 def d_loss(ctx, real, fake):
     """[collect] Add terms to D's loss in the Dmain phase.
 
-    ``real`` and ``fake`` are the :class:`training.api.DOutput` of this phase's real and fake batches
+    ``real`` and ``fake`` are the :class:`ganstack.training.api.DOutput` of this phase's real and fake batches
     (the fakes are detached from G). Return a dict ``{name: loss}`` where each loss is a scalar or a
     per-sample tensor (it is averaged); each term is added to D's loss and reported as
     ``Loss/<plugin>/<name>``. Return ``None`` to add nothing.
@@ -163,8 +163,8 @@ def d_loss(ctx, real, fake):
 def g_loss(ctx, fake, fakes):
     """[collect] Add terms to G's loss in the Gmain phase.
 
-    ``fakes`` is the sampler's :class:`training.api.DInput` for this phase (``fakes.img`` carries G's
-    graph) and ``fake`` the :class:`training.api.DOutput` that D gave it. D's parameters do not get
+    ``fakes`` is the sampler's :class:`ganstack.training.api.DInput` for this phase (``fakes.img`` carries G's
+    graph) and ``fake`` the :class:`ganstack.training.api.DOutput` that D gave it. D's parameters do not get
     gradients in this phase. Return ``{name: loss}`` (scalars or per-sample tensors, averaged) or
     ``None``; each term is reported as ``Loss/<plugin>/<name>``.
     """
@@ -174,7 +174,7 @@ def g_loss(ctx, fake, fakes):
 def after_step(state, stats):
     """[collect] Called after every training step (all phases, optimizer steps and G_ema update).
 
-    ``state`` is the :class:`training.loop.LoopState` (``step``, ``cur_nimg``, ``batch_size``,
+    ``state`` is the :class:`ganstack.training.loop.LoopState` (``step``, ``cur_nimg``, ``batch_size``,
     ``G``, ``D``, ``G_ema``, ``cfg``). ``stats`` maps every statistic reported during the step
     (``Loss/signs/real``, plugin reports, ...) to its mean over the step, all-reduced over GPUs, so
     every rank takes the same decision (ADA's p, Diffusion-GAN's T, a target-network EMA).

@@ -6,11 +6,11 @@ from typing import Optional
 
 import torch
 
-from training import checkpoint as ckpt_io
-from training.api import DInput
-from training.config import TrainConfig
-from training.nets import build_networks
-from training.plugin_manager import PluginStack
+from ganstack.training import checkpoint as ckpt_io
+from ganstack.training.api import DInput
+from ganstack.training.config import TrainConfig
+from ganstack.training.nets import build_networks
+from ganstack.training.plugin_manager import PluginStack
 
 
 @dataclass

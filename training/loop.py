@@ -20,15 +20,15 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from training import checkpoint as ckpt_io
-from training import distributed
-from training.api import ConfigError, DInput
-from training.data import RealStream
-from training.loss import GANLoss, PhaseContext
-from training.nets import build_networks, ema_beta, update_ema
-from training.snapshots import grid_shape, save_image_grid, save_scatter_panels
-from training.stats import StatCollector
-from stylegan_base.errors import CheckpointError
+from ganstack.training import checkpoint as ckpt_io
+from ganstack.training import distributed
+from ganstack.training.api import ConfigError, DInput
+from ganstack.training.data import RealStream
+from ganstack.training.loss import GANLoss, PhaseContext
+from ganstack.training.nets import build_networks, ema_beta, update_ema
+from ganstack.training.snapshots import grid_shape, save_image_grid, save_scatter_panels
+from ganstack.training.stats import StatCollector
+from ganstack.stylegan_base.errors import CheckpointError
 
 
 @dataclass
@@ -390,7 +390,7 @@ class Trainer:
         """A run stopped between its final checkpoint and that checkpoint's metrics: compute the missing ones."""
         if not self.cfg.metrics or not self._resume_path:
             return
-        from metrics import registry
+        from ganstack.metrics import registry
         snap = os.path.basename(self._resume_path)
         done = {r.get("metric") for r in registry.read_results(os.path.dirname(self._resume_path))
                 if r.get("snapshot") == snap}
@@ -403,7 +403,7 @@ class Trainer:
     def run_metrics(self, names=None) -> None:
         if not self.cfg.metrics or self.run_dir is None:
             return
-        from metrics import registry  # metrics are not plugins; imported only when asked for
+        from ganstack.metrics import registry  # metrics are not plugins; imported only when asked for
         for name in names or self.cfg.metrics:
             result = registry.compute(name, G=self.G_ema, stack=self.stack, dataset=self.dataset,
                                       device=self.device, cfg=self.cfg)

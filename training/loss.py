@@ -13,8 +13,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from training import distributed
-from training.api import DInput, DOutput
+from ganstack.training import distributed
+from ganstack.training.api import DInput, DOutput
 
 
 class PhaseContext:
@@ -64,7 +64,7 @@ class PhaseContext:
 
     def report(self, name: str, value, mask=None) -> None:
         """Record a statistic (a tensor of any shape, or a number; ``mask`` selects elements without a GPU
-        sync); see ``training.stats``."""
+        sync); see ``ganstack.training.stats``."""
         self._loss.stats.report(name, value, mask)
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from training.api import ConfigError
+from ganstack.training.api import ConfigError
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any, Iterable, Optional
 
 import pluggy
 
-from training import hookspecs
-from training.api import ENTRY_POINT_GROUP, PROJECT, Option, OptionValues, PluginError
+from ganstack.training import hookspecs
+from ganstack.training.api import ENTRY_POINT_GROUP, PROJECT, Option, OptionValues, PluginError
 
 CORE_NAME = "core"
 BUILTIN_DIST = "ganstack"
@@ -35,7 +35,7 @@ class PluginInfo:
     """Where a plugin comes from (for ``ganstack plugins list``)."""
 
     name: str
-    value: str  # entry point target, e.g. "plugins.ada:AdaPlugin"
+    value: str  # entry point target, e.g. "ganstack.plugins.ada:AdaPlugin"
     dist: str  # distribution name ("ganstack" for the built-ins)
     version: str
 
@@ -146,7 +146,7 @@ class PluginStack:
 
     ``options`` maps plugin name to ``{option: value}`` (strings or Python values; parsed and
     range-checked here). Unknown plugins, unknown options, options for plugins that are not enabled
-    and conflicting exclusive hooks are :class:`~training.api.PluginError` at construction.
+    and conflicting exclusive hooks are :class:`~ganstack.training.api.PluginError` at construction.
     """
 
     def __init__(self, names, options: Optional[dict] = None, registry: Optional[dict] = None,
@@ -162,7 +162,7 @@ class PluginStack:
             else:
                 self.plugins[name] = load_plugin(name, self.registry)
         if core is None:
-            from training.core import CorePlugin
+            from ganstack.training.core import CorePlugin
             core = CorePlugin()
         self.core = core
         # pluggy calls the most recently registered implementation first; register the core first so

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import torch
 
-from training import distributed
+from ganstack.training import distributed
 
 
 class StatCollector:

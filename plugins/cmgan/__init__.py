@@ -35,7 +35,7 @@ losses are logged, but no adversarial gradient reaches ``f_theta``, so G's loss 
 
 Teacher (``--cmgan-teacher``): ``analytic`` (exact score of the built-in ``toy:*`` mixtures),
 ``empirical`` (ideal denoiser of the training set) or a ``ganstack train-score`` checkpoint / run folder
-(:func:`plugins.score_models.make_score_model`). It is loaded when training starts, never saved in
+(:func:`ganstack.plugins.score_models.make_score_model`). It is loaded when training starts, never saved in
 checkpoints, and not needed by ``ganstack generate``. With a trained teacher, ``f_theta``'s network starts
 from the teacher's weights (``--cmgan-init teacher``, as the official consistency distillation does); its
 architecture options must then match the teacher's.
@@ -66,10 +66,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from plugins.cmgan.consistency import (ConsistencyFunction, cd_distance, cd_weighting, consistency_scalings,
+from ganstack.plugins.cmgan.consistency import (ConsistencyFunction, cd_distance, cd_weighting, consistency_scalings,
                                        karras_grid, multistep_sample, ode_step, parse_sample_ts, update_target)
-from stylegan_base.errors import CheckpointError
-from training.api import DInput, Option, Plugin, PluginError, hookimpl
+from ganstack.stylegan_base.errors import CheckpointError
+from ganstack.training.api import DInput, Option, Plugin, PluginError, hookimpl
 
 __all__ = ["CMGANPlugin", "ConsistencyFunction", "cd_distance", "cd_weighting", "consistency_scalings",
            "karras_grid", "multistep_sample", "ode_step", "update_target"]
@@ -234,7 +234,7 @@ class CMGANPlugin(Plugin):
         device = next(G.parameters()).device
         o = self.opts
         if o.mode != "gan" and self.teacher is None:
-            from plugins.score_models import make_score_model
+            from ganstack.plugins.score_models import make_score_model
             info = self.data_info or self._dataset_info(cfg)
             self.teacher = make_score_model(o.teacher, info, use_labels=bool(cfg.cond), dataset_spec=cfg.data,
                                             device=device, who="--cmgan-teacher")
@@ -270,12 +270,12 @@ class CMGANPlugin(Plugin):
 
     @staticmethod
     def _dataset_info(cfg) -> dict:
-        from stylegan_base.datasets import open_dataset
+        from ganstack.stylegan_base.datasets import open_dataset
         return open_dataset(cfg.data, use_labels=cfg.cond, max_size=cfg.max_size).info()
 
     @staticmethod
     def _points_std(cfg) -> float:
-        from stylegan_base.datasets import open_dataset
+        from ganstack.stylegan_base.datasets import open_dataset
         ds = open_dataset(cfg.data, use_labels=False, max_size=cfg.max_size)
         x = np.asarray(ds.get_batch(np.arange(min(len(ds), 20000)))[0], dtype=np.float64)
         return float(x.std())

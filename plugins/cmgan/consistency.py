@@ -14,8 +14,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from plugins.score_models.edm import build_arch
-from training.nets import update_ema
+from ganstack.plugins.score_models.edm import build_arch
+from ganstack.training.nets import update_ema
 
 
 # ------------------------------------------------------------------------------------------------
@@ -72,8 +72,8 @@ def consistency_scalings(sigma: torch.Tensor, sigma_min: float, sigma_data):
 class ConsistencyFunction(torch.nn.Module):
     """``f_theta(x, sigma, c) = c_skip(sigma) x + c_out(sigma) F_theta(c_in(sigma) x, c_noise(sigma), c)``.
 
-    ``F_theta`` is one of the score-model networks (:class:`plugins.score_models.edm.UNet` for images,
-    :class:`~plugins.score_models.edm.MLPNet` for points), so a ``train-score`` teacher of the same
+    ``F_theta`` is one of the score-model networks (:class:`ganstack.plugins.score_models.edm.UNet` for images,
+    :class:`~ganstack.plugins.score_models.edm.MLPNet` for points), so a ``train-score`` teacher of the same
     architecture can initialise it, as consistency distillation does. ``sigma_data`` is a buffer: it
     travels with the weights (checkpoints, G_ema) and may be set once the teacher is known.
 

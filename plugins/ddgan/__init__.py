@@ -39,11 +39,11 @@ import math
 
 import torch
 
-from plugins.ddgan.networks import (DDGANImageDiscriminator, DDGANImageGenerator, DDGANPointDiscriminator,
+from ganstack.plugins.ddgan.networks import (DDGANImageDiscriminator, DDGANImageGenerator, DDGANPointDiscriminator,
                                     DDGANPointGenerator)
-from plugins.ddgan.schedule import VPSchedule
-from stylegan_base.errors import CheckpointError
-from training.api import ENTRY_POINT_GROUP, DInput, Option, Plugin, PluginError, hookimpl
+from ganstack.plugins.ddgan.schedule import VPSchedule
+from ganstack.stylegan_base.errors import CheckpointError
+from ganstack.training.api import ENTRY_POINT_GROUP, DInput, Option, Plugin, PluginError, hookimpl
 
 __all__ = ["DDGANPlugin", "VPSchedule", "ema_kimg_for_decay", "sample_chain"]
 

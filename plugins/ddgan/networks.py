@@ -24,9 +24,9 @@ from typing import Optional
 
 import torch
 
-from plugins.ddgan.schedule import timestep_embedding
-from stylegan_base.networks import (DiscriminatorEpilogue, MappingNetwork, SynthesisLayer, ToRGBLayer)
-from stylegan_base.ops import Conv2dLayer, FullyConnectedLayer
+from ganstack.plugins.ddgan.schedule import timestep_embedding
+from ganstack.stylegan_base.networks import (DiscriminatorEpilogue, MappingNetwork, SynthesisLayer, ToRGBLayer)
+from ganstack.stylegan_base.ops import Conv2dLayer, FullyConnectedLayer
 
 _SQRT_HALF = math.sqrt(0.5)
 

@@ -33,24 +33,24 @@ VP <-> EDM
 :class:`VPSchedule` (``'linear'``: DDPM beta 1e-4..0.02; ``'cosine'``: Nichol & Dhariwal) gives
 ``alpha_t``, ``sigma_t`` and the EDM level ``sigma = sigma_t / alpha_t`` of integer steps; the functions
 :func:`vp_to_edm`, :func:`edm_to_vp`, :func:`eps_from_denoised`, :func:`denoised_from_eps` and
-:func:`score_from_denoised` convert between the forms (see :mod:`plugins.score_models.schedules`).
+:func:`score_from_denoised` convert between the forms (see :mod:`ganstack.plugins.score_models.schedules`).
 
 Checkpoints
 -----------
 :func:`load_score_model(path)` returns the frozen (eval, no-grad) EMA denoiser of a file or run
 folder written by ``ganstack train-score``; :func:`check_compatible` raises a clear
-:class:`~stylegan_base.errors.CheckpointError` when it does not fit the GAN's data (resolution,
+:class:`~ganstack.stylegan_base.errors.CheckpointError` when it does not fit the GAN's data (resolution,
 channels, point dimension, labels). :func:`make_score_model` is the one entry point the plugins use
 to turn a user's option ('analytic', 'empirical' or a path) into a model.
 """
 from __future__ import annotations
 
-from plugins.score_models.analytic import EmpiricalScore, GaussianMixtureScore
-from plugins.score_models.base import ScoreModel, default_schedule
-from plugins.score_models.edm import (EDMLoss, EDMPrecond, MLPNet, UNet, edm_sample, ema_beta, karras_sigmas,
+from ganstack.plugins.score_models.analytic import EmpiricalScore, GaussianMixtureScore
+from ganstack.plugins.score_models.base import ScoreModel, default_schedule
+from ganstack.plugins.score_models.edm import (EDMLoss, EDMPrecond, MLPNet, UNet, edm_sample, ema_beta, karras_sigmas,
                                       precond_coefficients, update_ema)
-from plugins.score_models.io import check_compatible, load_score_model, read_checkpoint
-from plugins.score_models.schedules import (SCHEDULES, VPSchedule, denoised_from_eps, edm_to_vp,
+from ganstack.plugins.score_models.io import check_compatible, load_score_model, read_checkpoint
+from ganstack.plugins.score_models.schedules import (SCHEDULES, VPSchedule, denoised_from_eps, edm_to_vp,
                                             eps_from_denoised, score_from_denoised, vp_to_edm)
 
 BUILTIN_SCORES = ("analytic", "empirical")
@@ -65,7 +65,7 @@ def make_score_model(spec: str, data_info: dict, use_labels: bool = False, resiz
     the path of a ``train-score`` checkpoint or run folder. Raises ``CheckpointError`` /
     ``PluginError`` with a message that says what would work.
     """
-    from stylegan_base.errors import CheckpointError
+    from ganstack.stylegan_base.errors import CheckpointError
 
     if spec == "analytic":
         if not (data_info.get("toy") or {}).get("centers"):
@@ -76,7 +76,7 @@ def make_score_model(spec: str, data_info: dict, use_labels: bool = False, resiz
         conditional = bool(use_labels and data_info.get("label_dim"))
         model = GaussianMixtureScore.from_data_info(data_info, conditional=conditional)
     elif spec == "empirical":
-        from stylegan_base.datasets import open_dataset
+        from ganstack.stylegan_base.datasets import open_dataset
         ds = open_dataset(dataset_spec or data_info.get("spec"), use_labels=use_labels,
                           max_size=data_info.get("max_size"),
                           mirror=bool(data_info.get("mirror")) and data_info.get("kind") == "image")

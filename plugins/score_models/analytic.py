@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from plugins.score_models.base import ScoreModel, sigma_as_tensor
+from ganstack.plugins.score_models.base import ScoreModel, sigma_as_tensor
 
 
 def _sigma_column(sigma, x2d: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from plugins.score_models.schedules import (VPSchedule, eps_from_denoised, expand_like,
+from ganstack.plugins.score_models.schedules import (VPSchedule, eps_from_denoised, expand_like,
                                             score_from_denoised, vp_to_edm)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from plugins.score_models.train import RESUME_MUTABLE, ScoreTrainConfig, run_training
+from ganstack.plugins.score_models.train import RESUME_MUTABLE, ScoreTrainConfig, run_training
 
 _D = ScoreTrainConfig()
 

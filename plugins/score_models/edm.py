@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from plugins.score_models.base import ScoreModel, sigma_as_tensor
-from training.nets import ema_beta, update_ema  # noqa: F401  (EDM's EMA is the loop's; re-exported)
+from ganstack.plugins.score_models.base import ScoreModel, sigma_as_tensor
+from ganstack.training.nets import ema_beta, update_ema  # noqa: F401  (EDM's EMA is the loop's; re-exported)
 
 SIGMA_DATA = 0.5
 P_MEAN = -1.2

@@ -10,7 +10,7 @@ A file written by ``ganstack train-score`` (``score-snapshot-<kimg>.pt``) is a d
 
 It is read with ``torch.load(weights_only=True)``. Errors a user can cause (missing file, a GAN
 checkpoint or another file given instead, a model of another resolution) are
-:class:`~stylegan_base.errors.CheckpointError` with a message that says what to do.
+:class:`~ganstack.stylegan_base.errors.CheckpointError` with a message that says what to do.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from typing import Optional
 
 import torch
 
-from stylegan_base.errors import CheckpointError
-from training import checkpoint as ckpt_io
+from ganstack.stylegan_base.errors import CheckpointError
+from ganstack.training import checkpoint as ckpt_io
 
 FORMAT = "ganstack.score_model"
 VERSION = 1
@@ -85,8 +85,8 @@ def read_checkpoint(path: str, what: str = "score model") -> dict:
 
 
 def build_model(ckpt: dict, which: str = "model"):
-    """Rebuild the :class:`~plugins.score_models.edm.EDMPrecond` of a checkpoint dict and load ``which``."""
-    from plugins.score_models.edm import EDMPrecond
+    """Rebuild the :class:`~ganstack.plugins.score_models.edm.EDMPrecond` of a checkpoint dict and load ``which``."""
+    from ganstack.plugins.score_models.edm import EDMPrecond
     model = EDMPrecond(ckpt["arch"], sigma_data=ckpt["sigma_data"])
     state = ckpt[which] if which == "model" else ckpt["training"][which]
     try:

@@ -1,7 +1,7 @@
 """Training a small EDM denoiser on a ganstack dataset (the engine of ``ganstack train-score``).
 
-It reuses the GAN trainer's machinery: the resumable real-batch stream (``training.data.RealStream``),
-atomic checkpoints and RNG capture/restore (``training.checkpoint``), the status line
+It reuses the GAN trainer's machinery: the resumable real-batch stream (``ganstack.training.data.RealStream``),
+atomic checkpoints and RNG capture/restore (``ganstack.training.checkpoint``), the status line
 (``Trainer.format_status`` / ``format_time``) and the StyleGAN2-ADA run-folder layout
 (``log.txt``, ``training_options.json``, ``stats.jsonl``). A checkpoint holds the raw and EMA
 weights, Adam's state, the counters, the options and the RNG states, so ``--resume`` continues
@@ -10,7 +10,7 @@ exactly: N steps straight and N/2 + resume + N/2 give bitwise-identical weights.
 Defaults follow EDM (``NVlabs/edm`` ``train.py``): Adam betas (0.9, 0.999), eps 1e-8, lr 1e-3,
 EMA half-life 500 kimg ramped up as ``0.05 * cur_nimg``, loss summed over pixels and averaged over
 the batch, non-finite gradients zeroed. Deviations, for runs of a few hundred kimg: the learning-rate
-ramp-up is 10 kimg (EDM: 10 Mimg) and the networks are small (:mod:`plugins.score_models.edm`).
+ramp-up is 10 kimg (EDM: 10 Mimg) and the networks are small (:mod:`ganstack.plugins.score_models.edm`).
 """
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from plugins.score_models import io as score_io
-from plugins.score_models.edm import EDMLoss, EDMPrecond, edm_sample, ema_beta, update_ema
-from stylegan_base.errors import CheckpointError
-from training import checkpoint as ckpt_io
-from training.api import ConfigError
-from training.data import RealStream
-from training.loop import StopSignals, Trainer, format_time, tick_fields
+from ganstack.plugins.score_models import io as score_io
+from ganstack.plugins.score_models.edm import EDMLoss, EDMPrecond, edm_sample, ema_beta, update_ema
+from ganstack.stylegan_base.errors import CheckpointError
+from ganstack.training import checkpoint as ckpt_io
+from ganstack.training.api import ConfigError
+from ganstack.training.data import RealStream
+from ganstack.training.loop import StopSignals, Trainer, format_time, tick_fields
 
 # Options a resumed run may change (everything else comes from the checkpoint).
 RESUME_MUTABLE = ("kimg", "tick", "snap", "keep", "workers", "device", "pictures")
@@ -242,7 +242,7 @@ class ScoreTrainer:
         """Samples of the EMA model (Heun, 18 steps) next to the data, without touching training RNG."""
         if self.run_dir is None or not self.cfg.pictures:
             return None
-        from training.snapshots import grid_shape, save_image_grid, save_scatter_panels
+        from ganstack.training.snapshots import grid_shape, save_image_grid, save_scatter_panels
         path = os.path.join(self.run_dir, f"{name}.png")
         image = self.data_info["kind"] == "image"
         if image:
@@ -347,8 +347,8 @@ def merge_resume(cfg: ScoreTrainConfig, ckpt: dict) -> ScoreTrainConfig:
 
 def run_training(cfg: ScoreTrainConfig, outdir: str, resume: Optional[str] = None, log=None, device=None) -> str:
     """Everything ``ganstack train-score`` does after parsing its options; returns the run folder."""
-    from stylegan_base.datasets import open_dataset
-    from training.cli import Tee, new_run_dir
+    from ganstack.stylegan_base.datasets import open_dataset
+    from ganstack.training.cli import Tee, new_run_dir
 
     resume_ckpt = None
     if resume:
