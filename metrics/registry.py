@@ -39,6 +39,7 @@ import torch
 from ganstack.stylegan_base.errors import GanstackError
 
 _METRICS: dict[str, Callable] = {}
+MAX_SAMPLES = 10_000_000  # samples one metric may ask for
 _PATTERNS: list[tuple[re.Pattern, Callable, str]] = []
 
 
@@ -82,6 +83,33 @@ def required_detectors(name: str) -> set:
     return set()
 
 
+def needs_classifier(name: str) -> bool:
+    """Whether metric ``name`` uses the project's digit classifier."""
+    return bool(re.match(r"(stackedmnist|digits_fid)", name))
+
+
+def check_applicable(name: str, data_info: dict) -> None:
+    """Raise now if metric ``name`` does not exist, cannot run on data described by ``data_info`` (a dataset's
+    ``info()``), or asks for an unusable sample count, so that a run fails before training, not at its
+    first checkpoint."""
+    lookup(name)
+    kind = data_info.get("kind")
+    if name == "toy":
+        if kind != "points" or not (data_info.get("toy") or {}).get("centers"):
+            raise GanstackError(f"metric 'toy' needs a built-in 2-D mixture (toy:gaussians25, toy:grid49, toy:ring8); "
+                                f"{data_info.get('name')!r} has no known mode centers.")
+        return
+    if kind != "image":
+        raise GanstackError(f"metric {name!r} measures images, but {data_info.get('name')!r} holds {kind}; "
+                            f"use toy for the built-in 2-D mixtures.")
+    for regex, _, _ in _PATTERNS:
+        m = regex.match(name)
+        if m:
+            if m.group(1) is not None:
+                _count(m)  # the sample count is sane
+            return
+
+
 @dataclass
 class MetricOptions:
     """Where the metrics find their networks, and how they sample.
@@ -114,6 +142,9 @@ def _count(match, group: int = 1, default: Optional[int] = None) -> int:
     if match.group(group) is None:
         return default
     num = int(match.group(group)) * (1000 if match.group(group + 1) == "k" else 1)
+    if num > MAX_SAMPLES:
+        raise GanstackError(f"Metric {match.group(0)!r} asks for {num:,} samples; at most {MAX_SAMPLES:,} are "
+                            f"supported (the standard protocol uses 50k).")
     if num < 10:
         raise GanstackError(f"Metric {match.group(0)!r} asks for {num} samples; the estimators need more "
                           f"(e.g. {match.group(0).replace(match.group(group), '10', 1)} or the standard 50k).")

@@ -9,6 +9,7 @@ change options in their ``configure`` hook, but only those the user did not set
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -207,7 +208,23 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    need(cfg.kimg > 0, f"--kimg must be positive, got {cfg.kimg}.")
+    # Options given through the API or ``ablate --set`` have not passed the CLI's click types: check them here.
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        for x in (v if isinstance(v, tuple) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {x}.")
+    for name, lo in (("batch", 1), ("z_dim", 1), ("w_dim", 1), ("cmax", 1), ("mlp_hidden", 1), ("mlp_layers", 1),
+                     ("workers", 0), ("mbstd_group", 0), ("map_depth", 0), ("pl_interval", 1), ("r1_interval", 1)):
+        v = getattr(cfg, name)
+        need(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= 2 ** 31 - 1,
+             f"--{name.replace('_', '-')} must be a whole number >= {lo}, got {v!r}.")
+    need(isinstance(cfg.seed, int) and 0 <= cfg.seed <= 2 ** 32 - 1, f"--seed must be in 0..{2 ** 32 - 1}, got {cfg.seed!r}.")
+    need(cfg.max_size is None or (isinstance(cfg.max_size, int) and cfg.max_size >= 1),
+         f"--max-size must be a positive whole number, got {cfg.max_size!r}.")
+    if data_info["kind"] == "image":
+        need(isinstance(cfg.cbase, int) and cfg.cbase >= 1, f"--cbase must be a positive whole number, got {cfg.cbase!r}.")
+    need(isinstance(cfg.kimg, (int, float)) and cfg.kimg > 0, f"--kimg must be positive, got {cfg.kimg}.")
     need(cfg.batch >= 1, f"--batch must be at least 1, got {cfg.batch}.")
     need(cfg.batch % world_size == 0,
          f"--batch {cfg.batch} must be divisible by the number of GPUs ({world_size}).")
@@ -238,6 +255,9 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
         need(cfg.d_architecture in ("orig", "skip", "resnet"),
              f"--d-architecture must be orig, skip or resnet, got {cfg.d_architecture!r}.")
         need(2 <= cfg.map_depth <= 8, f"--map-depth must be in [2, 8] (StyleGAN2), got {cfg.map_depth}.")
+    if cfg.device != "auto":
+        from ganstack.stylegan_base.cli_support import check_device
+        check_device(cfg.device)
     if cfg.cond:
         need(data_info.get("label_dim", 0) > 0,
              f"--cond needs labels, but {cfg.data!r} has none (add a dataset.json with labels).")
