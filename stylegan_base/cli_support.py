@@ -4,7 +4,7 @@ One validation layer for what a user types:
 
 * click parameter types that refuse what would pass silently and fail later: :data:`FINITE_FLOAT`
   (no ``nan``/``inf``), :func:`finite_float` with bounds, :data:`SEED` (what numpy and torch accept),
-  :class:`SeedList` (``0-63,99``; never empty), :data:`DEVICE` (``cpu``, ``cuda``, ``cuda:N``, ``mps``,
+  :data:`SEED_LIST` (``0-63,99``; never empty), :data:`DEVICE` (``cpu``, ``cuda``, ``cuda:N``, ``mps``,
   ``auto``, checked against this machine and this PyTorch build);
 * :func:`check_output_dir` / :func:`check_output_file`, run before any work, so that an output path
   under a regular file or without write permission fails at once with the flag's name;
@@ -121,81 +121,73 @@ def _parse_seeds(text) -> tuple[list[int], Optional[str]]:
     return out, None
 
 
-def parse_seed_list(text, flag: str = "--seeds") -> list[int]:
-    """``'0-3,7'`` -> ``[0, 1, 2, 3, 7]``; an empty, reversed, negative or too long list is an InputError."""
-    seeds, problem = _parse_seeds(text)
-    if problem:
-        raise InputError(f"{flag}: {problem}")
-    return seeds
+class _CheckedType(click.ParamType):
+    """A click type from ``check(text) -> (value, problem or None)``; the problem becomes click's message."""
 
-
-class SeedList(click.ParamType):
-    """``0-63`` or ``1,5,9`` (or both): a non-empty list of seeds in ``[0, 2**32 - 1]``."""
-
-    name = "seeds"
+    def __init__(self, name: str, check):
+        self.name, self.check = name, check
 
     def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        seeds, problem = _parse_seeds(value)
+        if not isinstance(value, str):
+            return value  # already converted (a default, or a value from Python)
+        converted, problem = self.check(value)
         if problem:
             self.fail(problem, param, ctx)
-        return seeds
+        return converted
 
 
-SEED_LIST = SeedList()
+def _checked(check, text, flag: str):
+    value, problem = check(text)
+    if problem:
+        raise InputError(f"{flag}: {problem}")
+    return value
 
 
-def _device_problem(value: str) -> Optional[str]:
-    """Why ``value`` (normalised) cannot be used as a device here, phrased to follow the value; None if it can."""
+def parse_seed_list(text, flag: str = "--seeds") -> list[int]:
+    """``'0-3,7'`` -> ``[0, 1, 2, 3, 7]``; an empty, reversed, negative or too long list is an InputError."""
+    return _checked(_parse_seeds, text, flag)
+
+
+# ``0-63`` or ``1,5,9`` (or both): a non-empty list of seeds in ``[0, 2**32 - 1]``.
+SEED_LIST = _CheckedType("seeds", _parse_seeds)
+
+
+def _check_device(text) -> tuple[str, Optional[str]]:
+    """``(normalised name, None)``, or ``(name, why it cannot be used as a device here)``."""
     import torch
 
+    value = str(text if text is not None else "").strip().lower()
     usage = "Use cpu, cuda, cuda:N (a GPU index) or auto."
     if value in ("auto", "cpu"):
-        return None
+        return value, None
     m = re.fullmatch(r"(cuda|mps)(?::(\d+))?", value)
     if not m:
         hint = " ('gpu' is spelled cuda in PyTorch.)" if value.startswith("gpu") else ""
-        return f"is not a device.{hint} {usage}"
+        return value, f"{text!r} is not a device.{hint} {usage}"
     kind, index = m.group(1), m.group(2)
     if kind == "mps":
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return None
-        return f"needs Apple's MPS backend, which this machine does not have. {usage}"
+            return value, None
+        return value, f"{text!r} needs Apple's MPS backend, which this machine does not have. {usage}"
     if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
-        return (f"needs CUDA, but this PyTorch build (torch {torch.__version__}) has no CUDA support. Use cpu, "
-                f"or install a CUDA build of PyTorch.")
+        return value, (f"{text!r} needs CUDA, but this PyTorch build (torch {torch.__version__}) has no CUDA "
+                       f"support. Use cpu, or install a CUDA build of PyTorch.")
     if not torch.cuda.is_available():
-        return "needs a GPU, but PyTorch sees none on this machine (no driver, or CUDA_VISIBLE_DEVICES hides them). Use cpu."
+        return value, (f"{text!r} needs a GPU, but PyTorch sees none on this machine (no driver, or "
+                       f"CUDA_VISIBLE_DEVICES hides them). Use cpu.")
     count = torch.cuda.device_count()
     if index is not None and int(index) >= count:
-        return f"is out of range: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}."
-    return None
+        return value, f"{text!r} is out of range: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}."
+    return value, None
 
 
 def check_device(text, flag: str = "--device") -> str:
     """Normalise and check a device name against this machine; returns ``auto``, ``cpu``, ``cuda:N`` ..."""
-    value = str(text if text is not None else "").strip().lower()
-    problem = _device_problem(value)
-    if problem:
-        raise InputError(f"{flag} {text!r} {problem}")
-    return value
+    return _checked(_check_device, text, flag)
 
 
-class Device(click.ParamType):
-    """``--device``: cpu, cuda, cuda:N, mps or auto, checked against this machine and PyTorch build."""
-
-    name = "device"
-
-    def convert(self, value, param, ctx):
-        norm = str(value if value is not None else "").strip().lower()
-        problem = _device_problem(norm)
-        if problem:
-            self.fail(f"{value!r} {problem}", param, ctx)
-        return norm
-
-
-DEVICE = Device()
+# ``--device``: cpu, cuda, cuda:N, mps or auto, checked against this machine and this PyTorch build.
+DEVICE = _CheckedType("device", _check_device)
 
 
 def resolve_device(name: str) -> str:
@@ -456,32 +448,46 @@ class Terminated(KeyboardInterrupt):
 
 def install_sigterm_unwind():
     """Make SIGTERM raise :class:`Terminated` in the main thread (training loops install their own handler
-    while they run and restore this one afterwards)."""
+    while they run and restore this one afterwards). Returns a function that restores the previous handler."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return
+        return lambda: None
 
     def handler(signum, frame):
         raise Terminated()
 
     try:
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, handler)
+        old = signal.getsignal(signal.SIGTERM)
+        if old not in (signal.SIG_DFL, None):
+            return lambda: None  # someone (a launcher, a test harness) handles it already
+        signal.signal(signal.SIGTERM, handler)
     except (ValueError, OSError):
-        pass
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 def run_main(fn) -> None:
     """Run a console entry point: one paragraph and a non-zero exit for every failure (see the module doc)."""
-    install_sigterm_unwind()
+    restore = install_sigterm_unwind()
+    try:
+        _run_main(fn)
+    finally:
+        restore()
+
+
+def _run_main(fn) -> None:
     try:
         fn()
     except SystemExit:
         raise
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (and so Terminated) into Abort
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, Terminated):
+            click.echo("Terminated.", err=True)
+            sys.exit(143)
+        click.echo("Interrupted." if isinstance(cause, KeyboardInterrupt) else "Aborted.", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
