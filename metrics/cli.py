@@ -15,6 +15,8 @@ def _parse_detectors(values) -> dict:
     for v in values:
         name, sep, path = v.partition("=")
         if sep and name in ("inception", "vgg16"):
+            if not path.strip():
+                raise click.BadParameter(f"{v!r} gives no path; write {name}=/path/to/file.", param_hint="--detector")
             out[name] = path
         elif sep and not os.path.exists(v) and "://" not in v:
             raise click.BadParameter(f"{v!r}: unknown feature network {name!r}; NAME is inception or vgg16 "

@@ -198,7 +198,7 @@ def train_settings(base: dict, assignments=()) -> dict:
             raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY a training option ({allowed}). "
                               f"The seed comes from --seeds.")
         try:
-            out[key] = _coerce(value.strip(), fields[key].default)
+            out[key] = value.strip() if key == "metrics" else _coerce(value.strip(), fields[key].default)
         except (ValueError, ConfigError) as exc:
             raise ConfigError(f"--set {text!r}: {exc}") from None
     if isinstance(out.get("metrics"), str):

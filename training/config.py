@@ -30,6 +30,7 @@ PRESETS = {
     # most modes; 1000 kimg take about 30 s on a 2-core CPU.
     "toy":       dict(ref_gpus=1, kimg=1000,   mb=256, mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0),
 }
+MAX_BATCH = 1 << 20  # a sanity bound: StyleGAN2-ADA uses 32-64, the 2-D MLP experiments a few hundred
 IMAGE_PRESETS = ("auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar")
 ALL_PRESETS = IMAGE_PRESETS + ("toy",)
 
@@ -226,6 +227,8 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
         need(isinstance(cfg.cbase, int) and cfg.cbase >= 1, f"--cbase must be a positive whole number, got {cfg.cbase!r}.")
     need(isinstance(cfg.kimg, (int, float)) and cfg.kimg > 0, f"--kimg must be positive, got {cfg.kimg}.")
     need(cfg.batch >= 1, f"--batch must be at least 1, got {cfg.batch}.")
+    need(cfg.batch <= MAX_BATCH, f"--batch {cfg.batch} is larger than any GAN recipe uses (at most {MAX_BATCH:,}); "
+                                 f"a batch this size would not fit in memory.")
     need(cfg.batch % world_size == 0,
          f"--batch {cfg.batch} must be divisible by the number of GPUs ({world_size}).")
     per_gpu = cfg.batch // world_size
