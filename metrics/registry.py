@@ -348,9 +348,14 @@ def compute(name: str, **kwargs) -> dict:
 def append_result(run_dir: str, name: str, result: dict, snapshot: str, kimg: float) -> str:
     """Append one JSON line to ``<run_dir>/metric-<name>.jsonl`` (and to TensorBoard if the run uses it)."""
     path = os.path.join(run_dir, f"metric-{name}.jsonl")
+    cut = False  # a previous line cut off (full disk, kill) must not swallow this one
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+    line = json.dumps({"metric": name, "results": result, "snapshot": snapshot, "kimg": kimg, "timestamp": time.time()})
     with open(path, "at") as f:
-        f.write(json.dumps({"metric": name, "results": result, "snapshot": snapshot, "kimg": kimg,
-                            "timestamp": time.time()}) + "\n")
+        f.write(("\n" if cut else "") + line + "\n")
     _tensorboard(run_dir, name, result, kimg)
     return path
 
@@ -381,5 +386,9 @@ def read_results(run_dir: str) -> list[dict]:
     for fname in sorted(os.listdir(run_dir)):
         if fname.startswith("metric-") and fname.endswith(".jsonl"):
             with open(os.path.join(run_dir, fname)) as f:
-                out += [json.loads(line) for line in f if line.strip()]
-    return out
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        pass  # blank, or a line cut off by a full disk or a kill: not a result
+    return [r for r in out if isinstance(r, dict) and "metric" in r]

@@ -49,6 +49,10 @@ class InputError(GanstackError):
     """A command-line value or path that cannot be used."""
 
 
+class DiskFullError(GanstackError, OSError):
+    """An output could not be written because its disk is full; nothing was written under its name."""
+
+
 # ------------------------------------------------------------------------------------------------
 # click types
 
@@ -284,9 +288,11 @@ def atomic_path(path: str):
             os.remove(tmp)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if not isinstance(exc, DiskFullError) and (is_disk_full(exc) or is_torch_write_failure(exc)):
+            raise DiskFullError(disk_full_message(path)) from None
         raise
 
 
@@ -303,7 +309,10 @@ def is_disk_full(exc: BaseException) -> bool:
     """True for ENOSPC/EDQUOT, and for torch's write failures (which lose the errno) on a nearly full disk."""
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
         return True
-    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno is None and re.search(r"\d+ requested and \d+ written", text):
+        return True  # numpy's short write (tofile), which carries no errno
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def is_torch_write_failure(exc: BaseException) -> bool:
@@ -342,7 +351,10 @@ def describe_os_error(exc: OSError) -> str:
     where = f" {path!r}" if path != "" else ""
     code = exc.errno
     if is_disk_full(exc):
-        return disk_full_message(str(path) if path != "" else ".", "the file")
+        if path != "":
+            return disk_full_message(str(path), "the file")
+        return ("The disk is full: a file could not be written. Free some space (or write somewhere else) and run "
+                "the command again; files written before are intact.")
     if code in (errno.EACCES, errno.EPERM):
         return (f"Permission denied:{where} cannot be read or written by this user. Fix its permissions or "
                 f"choose another path.")
@@ -364,7 +376,7 @@ def describe_os_error(exc: OSError) -> str:
     if code in (errno.EMFILE, errno.ENFILE):
         return "Too many open files; raise the limit (ulimit -n) or use fewer --workers."
     extra = f" -> {path2!r}" if path2 else ""
-    return f"{exc.strerror or type(exc).__name__}:{where}{extra}."
+    return f"{exc.strerror or str(exc) or type(exc).__name__}:{where}{extra}."
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -411,7 +423,10 @@ def report_exception(exc: BaseException, echo=None) -> int:
     """Print one paragraph for ``exc`` on stderr and return the exit status for it."""
     echo = echo or (lambda msg: click.echo(msg, err=True))
     debug = bool(os.environ.get("GANSTACK_DEBUG"))
-    if isinstance(exc, GanstackError):
+    if isinstance(exc, DiskFullError):
+        echo(f"Error: {exc}")
+        code = EXIT_ENVIRONMENT
+    elif isinstance(exc, GanstackError):
         echo(f"Error: {clean_message(exc)}")
         code = EXIT_INPUT
     elif isinstance(exc, OSError):

@@ -40,7 +40,8 @@ import zipfile
 import click
 import numpy as np
 
-from .cli_support import check_output_file, int_range, run_main, SEED
+from .cli_support import (SEED, DiskFullError, check_output_file, disk_full_message, int_range, is_disk_full,
+                          run_main)
 from .errors import DatasetError, GanstackError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif', '.tif', '.tiff')
@@ -549,9 +550,11 @@ def convert_dataset(source, dest, *, resolution=None, transform='none', max_imag
                 meta[key] = [[f, v] for f, v in zip(fnames, values)]
             zf.writestr('dataset.json', json.dumps(meta))
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise DiskFullError(disk_full_message(dest, 'the dataset')) from None
         raise
 
     summary = dict(num_images=len(fnames), resolution=out_res, channels=out_channels, labels=has_labels,

@@ -415,13 +415,17 @@ def test_a_bug_is_one_paragraph_with_the_traceback_saved(files, tmp_path, capsys
     assert "Traceback" in open(crash).read() and crash.startswith(str(tmp_path / "cache"))
 
 
-def test_dataloader_worker_errors_lose_the_embedded_traceback():
-    from ganstack.stylegan_base.cli_support import clean_message
+def test_an_error_from_a_dataloader_worker_is_shown_without_its_embedded_traceback(files, tmp_path, capsys,
+                                                                                 monkeypatch):
     from ganstack.stylegan_base.errors import DatasetError
-    exc = DatasetError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
-                       "last):\n  File \"x.py\", line 1, in f\nganstack.stylegan_base.errors.DatasetError: Image "
-                       "'7.png' could not be decoded.")
-    assert clean_message(exc) == "Image '7.png' could not be decoded."
+
+    def worker_error(*a, **k):  # what torch's DataLoader re-raises in the main process
+        raise DatasetError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                           "call last):\n  File \"x.py\", line 1, in f\nganstack.stylegan_base.errors.DatasetError: "
+                           "Image '7.png' could not be decoded.")
+    monkeypatch.setattr("ganstack.training.inference.build_networks", worker_error)
+    code, out = run_cli(capsys, "generate", "--network", files["points"], "--out", tmp_path / "x.npy")
+    assert code == 2 and out.strip() == "Error: Image '7.png' could not be decoded.", out
 
 
 # -------------------------------------------------------------------------------------------------
@@ -506,3 +510,12 @@ def test_bad_command_lines(files, capsys):
         if code == 0 or "Traceback" in out or needle not in out or changed or added:
             failures.append((args, code, out.strip()[-300:], changed, added))
     assert not failures, "\n".join(map(str, failures))
+
+
+def test_a_metric_line_cut_off_by_a_full_disk_or_a_kill_loses_no_other_result(tmp_path):
+    from ganstack.metrics import registry
+    registry.append_result(str(tmp_path), "toy", {"modes": 25}, snapshot="a.pt", kimg=1.0)
+    with open(tmp_path / "metric-toy.jsonl", "at") as f:
+        f.write('{"metric": "toy", "resu')  # the write that the disk or a SIGKILL cut short
+    registry.append_result(str(tmp_path), "toy", {"modes": 24}, snapshot="b.pt", kimg=2.0)
+    assert [r["results"]["modes"] for r in registry.read_results(str(tmp_path))] == [25, 24]

@@ -17,12 +17,13 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ganstack.stylegan_base import cli_support
 from ganstack.stylegan_base.cli_support import (describe_load_error, disk_full_message, is_disk_full,
                                                is_torch_write_failure)
 from ganstack.stylegan_base.errors import CheckpointError
 
 
-class DiskFullError(CheckpointError, OSError):
+class DiskFullError(cli_support.DiskFullError, CheckpointError):
     """A checkpoint could not be written because the disk is full; older checkpoints are intact."""
 
 FORMAT = "ganstack.checkpoint"
