@@ -167,7 +167,7 @@ def load(path: str, map_location="cpu", flag: str = "--resume", purpose: str = "
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure of torch.load is the file's fault here
-        raise CheckpointError(f"{flag} {path!r} is not a usable ganstack checkpoint: it "
+        raise CheckpointError(f"{flag} {path!r} could not be read as a ganstack checkpoint: it "
                               f"{describe_load_error(exc, path)}. Give a network-snapshot-*.pt file written by "
                               f"'ganstack train', or its run folder.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import click
 
-from ganstack.stylegan_base.cli_support import (DEVICE, SEED, SEED_LIST, atomic_path, check_output_dir,
+from ganstack.stylegan_base.cli_support import (DEVICE, FINITE_FLOAT, SEED, SEED_LIST, atomic_path, check_output_dir,
                                                check_output_file, finite_float, int_range, parse_seed_list,
                                                resolve_device, run_main)
 from ganstack.stylegan_base.errors import CheckpointError, GanstackError
@@ -103,6 +103,10 @@ class Tee:
 # ------------------------------------------------------------------------------------------------
 # train
 
+# The click types refuse what is not a finite number or a representable whole number; the ranges of the
+# options are checked in one place, training/config.py validate(), which also sees API and ablate --set values.
+INT = int_range(-(2 ** 31), 2 ** 31 - 1)
+POSITIVE_INT = int_range(1)
 TRAIN_OPTIONS = [
     # (flag, TrainConfig field, click kwargs)
     ("--data", "data", dict(type=str, default=TrainConfig.data, show_default=True,
@@ -110,33 +114,33 @@ TRAIN_OPTIONS = [
                                  "toy:ring8, or shapes32 (built-in procedural images).")),
     ("--cfg", "cfg", dict(type=click.Choice(ALL_PRESETS), default="auto", show_default=True,
                           help="Preset (StyleGAN2-ADA); 'auto' picks from the resolution, and 'toy' for point data.")),
-    ("--kimg", "kimg", dict(type=finite_float(0, min_open=True), default=None, help="Training length in thousands of real images [default: preset]")),
+    ("--kimg", "kimg", dict(type=FINITE_FLOAT, default=None, help="Training length in thousands of real images [default: preset]")),
     ("--seed", "seed", dict(type=SEED, default=0, show_default=True, help="Random seed.")),
-    ("--batch", "batch", dict(type=int_range(1), default=None, help="Total batch size [default: preset]")),
-    ("--batch-gpu", "batch_gpu", dict(type=int_range(1), default=None, help="Samples per GPU per round (gradient accumulation) [default: batch/GPUs]")),
-    ("--gamma", "gamma", dict(type=finite_float(0), default=None, help="R1 weight [default: preset]")),
-    ("--r1-interval", "r1_interval", dict(type=int_range(1), default=16, show_default=True, help="Lazy R1 interval (1 = every step).")),
-    ("--pl-weight", "pl_weight", dict(type=finite_float(0), default=None, help="Path-length weight [default: 2, 0 for cifar/toy]")),
-    ("--pl-interval", "pl_interval", dict(type=int_range(1), default=4, show_default=True, help="Lazy path-length interval.")),
-    ("--style-mixing", "style_mixing", dict(type=finite_float(0, 1), default=None, help="Style-mixing probability [default: 0.9, 0 for cifar]")),
-    ("--glr", "glr", dict(type=finite_float(0, min_open=True), default=None, help="G learning rate [default: preset]")),
-    ("--dlr", "dlr", dict(type=finite_float(0, min_open=True), default=None, help="D learning rate [default: preset]")),
-    ("--ema", "ema_kimg", dict(type=finite_float(0), default=None, help="G_ema half-life in kimg [default: preset]")),
-    ("--map-depth", "map_depth", dict(type=int_range(0, 8), default=None, help="Mapping network depth, 2..8 [default: preset]")),
-    ("--z-dim", "z_dim", dict(type=int_range(1), default=None, help="Latent size [default: 512 images, 32 points]")),
-    ("--cbase", "cbase", dict(type=int_range(1), default=None, help="Capacity multiplier (channel_base) [default: preset]")),
-    ("--cmax", "cmax", dict(type=int_range(1), default=512, show_default=True, help="Max. feature maps.")),
-    ("--mbstd-group", "mbstd_group", dict(type=int_range(0), default=None, help="Minibatch-std group size [default: preset]")),
+    ("--batch", "batch", dict(type=INT, default=None, help="Total batch size [default: preset]")),
+    ("--batch-gpu", "batch_gpu", dict(type=INT, default=None, help="Samples per GPU per round (gradient accumulation) [default: batch/GPUs]")),
+    ("--gamma", "gamma", dict(type=FINITE_FLOAT, default=None, help="R1 weight [default: preset]")),
+    ("--r1-interval", "r1_interval", dict(type=INT, default=16, show_default=True, help="Lazy R1 interval (1 = every step).")),
+    ("--pl-weight", "pl_weight", dict(type=FINITE_FLOAT, default=None, help="Path-length weight [default: 2, 0 for cifar/toy]")),
+    ("--pl-interval", "pl_interval", dict(type=INT, default=4, show_default=True, help="Lazy path-length interval.")),
+    ("--style-mixing", "style_mixing", dict(type=FINITE_FLOAT, default=None, help="Style-mixing probability [default: 0.9, 0 for cifar]")),
+    ("--glr", "glr", dict(type=FINITE_FLOAT, default=None, help="G learning rate [default: preset]")),
+    ("--dlr", "dlr", dict(type=FINITE_FLOAT, default=None, help="D learning rate [default: preset]")),
+    ("--ema", "ema_kimg", dict(type=FINITE_FLOAT, default=None, help="G_ema half-life in kimg [default: preset]")),
+    ("--map-depth", "map_depth", dict(type=INT, default=None, help="Mapping network depth, 2..8 [default: preset]")),
+    ("--z-dim", "z_dim", dict(type=INT, default=None, help="Latent size [default: 512 images, 32 points]")),
+    ("--cbase", "cbase", dict(type=INT, default=None, help="Capacity multiplier (channel_base) [default: preset]")),
+    ("--cmax", "cmax", dict(type=INT, default=512, show_default=True, help="Max. feature maps.")),
+    ("--mbstd-group", "mbstd_group", dict(type=INT, default=None, help="Minibatch-std group size [default: preset]")),
     ("--d-architecture", "d_architecture", dict(type=click.Choice(["orig", "skip", "resnet"]), default=None,
                                                 help="D architecture [default: resnet, orig for cifar]")),
-    ("--mlp-hidden", "mlp_hidden", dict(type=int_range(1), default=128, show_default=True, help="Hidden width of the MLP (point data).")),
+    ("--mlp-hidden", "mlp_hidden", dict(type=INT, default=128, show_default=True, help="Hidden width of the MLP (point data).")),
     ("--cond", "cond", dict(is_flag=True, default=False, help="Train a class-conditional model (needs labels).")),
     ("--mirror", "mirror", dict(is_flag=True, default=False, help="Add x-flipped copies of the images.")),
-    ("--max-size", "max_size", dict(type=int_range(1), default=None, help="Use at most this many dataset items.")),
-    ("--tick", "tick", dict(type=finite_float(0, min_open=True), default=None, help="kimg per tick (status line) [default: 4, 20 for points]")),
-    ("--snap", "snap", dict(type=int_range(1), default=50, show_default=True, help="Ticks between checkpoints and pictures.")),
-    ("--keep", "keep", dict(type=int_range(0), default=5, show_default=True, help="Checkpoints kept (0 = all).")),
-    ("--workers", "workers", dict(type=int_range(0, 1024), default=2, show_default=True, help="Data-loader worker processes.")),
+    ("--max-size", "max_size", dict(type=POSITIVE_INT, default=None, help="Use at most this many dataset items.")),
+    ("--tick", "tick", dict(type=FINITE_FLOAT, default=None, help="kimg per tick (status line) [default: 4, 20 for points]")),
+    ("--snap", "snap", dict(type=INT, default=50, show_default=True, help="Ticks between checkpoints and pictures.")),
+    ("--keep", "keep", dict(type=INT, default=5, show_default=True, help="Checkpoints kept (0 = all).")),
+    ("--workers", "workers", dict(type=INT, default=2, show_default=True, help="Data-loader worker processes.")),
     ("--metrics", "metrics", dict(type=str, default="", help="Comma-separated metrics at each checkpoint (e.g. toy).")),
     ("--amp", "amp", dict(type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
                           help="Mixed precision on GPU (autocast).")),

@@ -215,17 +215,24 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
         for x in (v if isinstance(v, tuple) else (v,)):
             if isinstance(x, float) and not math.isfinite(x):
                 raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {x}.")
-    for name, lo in (("batch", 1), ("z_dim", 1), ("w_dim", 1), ("cmax", 1), ("mlp_hidden", 1), ("mlp_layers", 1),
-                     ("workers", 0), ("mbstd_group", 0), ("map_depth", 0), ("pl_interval", 1), ("r1_interval", 1)):
+    ints = ("batch", "batch_gpu", "z_dim", "w_dim", "cbase", "cmax", "mlp_hidden", "mlp_layers", "workers",
+            "mbstd_group", "map_depth", "pl_interval", "r1_interval", "pl_batch_shrink", "snap", "image_snap", "keep")
+    for name in ints:
         v = getattr(cfg, name)
-        need(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= 2 ** 31 - 1,
-             f"--{name.replace('_', '-')} must be a whole number >= {lo}, got {v!r}.")
+        need(v is None or (isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 2 ** 31 - 1),
+             f"--{name.replace('_', '-')} must be a whole number, got {v!r}.")
+    for name in ("kimg", "glr", "dlr", "gamma", "pl_weight", "style_mixing", "ema_kimg", "tick", "adam_eps"):
+        v = getattr(cfg, name)
+        need(isinstance(v, (int, float)) and not isinstance(v, bool), f"--{name.replace('_', '-')} must be a number, got {v!r}.")
+    for name, lo in (("z_dim", 1), ("w_dim", 1), ("cmax", 1), ("mlp_hidden", 1), ("mlp_layers", 1), ("workers", 0),
+                     ("mbstd_group", 0), ("map_depth", 0)):
+        need(getattr(cfg, name) >= lo, f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(cfg, name)}.")
     need(isinstance(cfg.seed, int) and 0 <= cfg.seed <= 2 ** 32 - 1, f"--seed must be in 0..{2 ** 32 - 1}, got {cfg.seed!r}.")
     need(cfg.max_size is None or (isinstance(cfg.max_size, int) and cfg.max_size >= 1),
          f"--max-size must be a positive whole number, got {cfg.max_size!r}.")
     if data_info["kind"] == "image":
-        need(isinstance(cfg.cbase, int) and cfg.cbase >= 1, f"--cbase must be a positive whole number, got {cfg.cbase!r}.")
-    need(isinstance(cfg.kimg, (int, float)) and cfg.kimg > 0, f"--kimg must be positive, got {cfg.kimg}.")
+        need(cfg.cbase >= 1, f"--cbase must be >= 1, got {cfg.cbase}.")
+    need(cfg.kimg > 0, f"--kimg must be positive, got {cfg.kimg}.")
     need(cfg.batch >= 1, f"--batch must be at least 1, got {cfg.batch}.")
     need(cfg.batch <= MAX_BATCH, f"--batch {cfg.batch} is larger than any GAN recipe uses (at most {MAX_BATCH:,}); "
                                  f"a batch this size would not fit in memory.")
