@@ -18,7 +18,8 @@ Cells run one after another, or ``--jobs N`` at a time (on several GPUs, one pro
 Outputs in ``<outdir>``: ``results.csv`` (one row per cell, final metric values), ``results.md``
 (mean +- std over seeds per stack, the best value of each column in bold), ``metrics_vs_kimg.png``
 (every metric against training progress, mean and std band per stack) and, for 2-D point data,
-``final_samples.png`` (a grid of final samples, stacks x seeds).
+``final_samples.png`` (a grid of final samples, stacks x seeds), ``panels.png`` (one panel per stack, side by
+side) and ``signals.png`` (D's real-fake logit gap and the plugins' scalars over training).
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ import click
 import numpy as np
 
 from ganstack.stylegan_base.errors import GanstackError
+from ganstack.training.ablate_report import (clear_winner, column_note, plot_side_by_side, plot_training_signals,
+                                             secondary_columns)
 from ganstack.training.api import ConfigError
 from ganstack.training.snapshots import _pyplot, scatter_on_axis
 
@@ -448,15 +451,15 @@ def write_markdown(rows, columns, stacks, path: str, title: str, notes: list[str
     agg = aggregate(rows, columns, stacks)
     shown = _shown_columns(columns)
     arrows = {1: " ↑", -1: " ↓", 0: ""}
+    shown = shown + [c for c in secondary_columns(columns) if c not in shown]
     best = {}
     for c in shown:
-        d = column_direction(c)
-        means = [(agg[s.label][c][0], s.label) for s in stacks if c in agg[s.label]]
-        if d and len(means) > 1:
-            target = max(m for m, _ in means) if d > 0 else min(m for m, _ in means)
-            best[c] = {label for m, label in means if m == target}
+        label = clear_winner({s.label: agg[s.label][c] for s in stacks if c in agg[s.label]}, column_direction(c))
+        if label is not None:
+            best[c] = {label}
     lines = [f"# {title}", ""]
-    lines.append("| stack | seeds | " + " | ".join(f"{c}{arrows[column_direction(c)]}" for c in shown) + " |")
+    lines.append("| stack | seeds | " + " | ".join(f"{c}{arrows[column_direction(c)]}" + column_note(c)
+                                                  for c in shown) + " |")
     lines.append("|---|---|" + "---|" * len(shown))
     for s in stacks:
         n_done = sum(1 for r in rows if r["stack"] == s.label and r["status"] == "done")
@@ -467,12 +470,13 @@ def write_markdown(rows, columns, stacks, path: str, title: str, notes: list[str
                 cells.append("–")
                 continue
             mean, std, _ = agg[s.label][c]
-            spread = math.isfinite(std) and column_direction(c) != 0  # nfe: a property of the stack
+            spread = math.isfinite(std) and (column_direction(c) != 0 or column_note(c))  # nfe: fixed
             text = _fmt(mean) + (f" ± {_fmt(std)}" if spread else "")
             cells.append(f"**{text}**" if s.label in best.get(c, ()) else text)
         lines.append(f"| {s.label} | {n_done}/{n_all} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample std over the finished seeds at the final evaluation; the best mean of each "
-                  "column is in bold (↑ higher is better, ↓ lower is better)."]
+    lines += ["", "Mean ± sample std over the finished seeds at the final evaluation (↑ higher is better, ↓ lower "
+                  "is better). A stack is in bold only where it is a clear winner: its mean beats every other "
+                  "stack's by more than the two stacks' standard deviations added (one seed: nothing is marked)."]
     lines += [""] + [f"- {n}" for n in notes]
     failed = [r for r in rows if r["status"] not in ("done",)]
     if failed:
@@ -606,6 +610,13 @@ def write_reports(outdir: str, cells: list[Cell], stacks: list[StackSpec], seeds
         made.append(paths["curves"])
     if plot_final_samples(cells, stacks, seeds, paths["samples"], title):
         made.append(paths["samples"])
+    # The results side (ablate_report): side-by-side panels per stack and D/plugin signals over training.
+    agg = aggregate(rows, columns, stacks)
+    for key, fn in (("panels", lambda p: plot_side_by_side(cells, stacks, seeds, agg, p, title)),
+                    ("signals", lambda p: plot_training_signals(cells, stacks, p, title))):
+        paths[key] = os.path.join(outdir, f"{key}.png")
+        if fn(paths[key]):
+            made.append(paths[key])
     log(text)
     log(f"Wrote {paths['csv']}, {paths['md']}" + (f", {', '.join(made)}" if made else ""))
     return paths
