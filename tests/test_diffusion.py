@@ -122,7 +122,21 @@ def test_T_moves_up_when_D_overfits_and_down_otherwise():
     fixed = _plugin(adaptive=False, p=0.5)
     for _ in range(8):
         fixed.after_step(state=state, stats={"Loss/signs/real": 1.0})
-    assert fixed.T == 5 + round(0.5 * 495)
+    assert fixed.T == 5 + round(0.5 * 995)  # T_max 1000: the default pairs with priority t-sampling
+
+
+def test_t_max_and_sigma_defaults_follow_table5_and_the_data_scale():
+    from ganstack.plugins.diffusion import IMAGE_SIGMA, SIGMA_PER_STD, resolve_sigma
+    from ganstack.stylegan_base.datasets import open_dataset
+
+    assert _plugin().o["t_max"] == 1000 and _plugin(ts_dist="uniform").o["t_max"] == 500  # Table 5
+    assert _plugin(ts_dist="uniform", t_max=800).o["t_max"] == 800
+    assert resolve_sigma(0.0, {"kind": "image"}) == IMAGE_SIGMA == 0.05  # App. G, pixels in [-1, 1]
+    assert resolve_sigma(0.2, {"kind": "points", "data_std": 3.0}) == 0.2  # the user's value wins
+    # Point data: sigma scales with the data, so a .npy at another spacing gets the same relative noise.
+    toy = open_dataset("toy:gaussians25?n=4096").info()
+    assert resolve_sigma(0.0, toy) == pytest.approx(SIGMA_PER_STD * 2.83, rel=0.01)
+    assert resolve_sigma(0.0, dict(toy, data_std=100 * toy["data_std"])) == pytest.approx(100 * resolve_sigma(0.0, toy))
 
 
 def test_options_are_checked():

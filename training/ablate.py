@@ -194,7 +194,8 @@ def train_settings(base: dict, assignments=()) -> dict:
             raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY a training option ({allowed}). "
                               f"The seed comes from --seeds.")
         try:
-            out[key] = _coerce(value.strip(), fields[key].default)
+            default = () if "tuple" in str(fields[key].type) else fields[key].default  # Optional[tuple]: betas
+            out[key] = _coerce(value.strip(), default)
         except (ValueError, ConfigError) as exc:
             raise ConfigError(f"--set {text!r}: {exc}") from None
     if isinstance(out.get("metrics"), str):
