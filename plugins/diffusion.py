@@ -52,8 +52,9 @@ official default); ``ada_kimg`` 100 (official ``train.py`` default; the paper gi
 sigma = 0.05" (and 0.5 for features). On images the default (``--diffusion-sigma 0``, auto) is that 0.05.
 On point data it is ``SIGMA_PER_STD`` times the data's std (``info()['data_std']``), so a user's .npy or
 .csv at any spacing gets the same relative noise; on ``toy:gaussians25`` (std 2.83) 0.05 would be one
-mode's std, and T then never grows (r_d stays near 0). The factor was chosen by a sweep on toy:gaussians25
-recorded in the README's Evidence section.
+mode's std, and T then never grows (r_d stays near 0). The factor 0.35 is the sigma of 1.0 that issue #11
+found to keep the most modes on toy:gaussians25 (std 2.83), expressed relative to the data's std; the
+README's Evidence section compares it with the image value 0.05 on that data.
 """
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ PRESETS = {
     # hidden layers. Not a StyleGAN2-ADA preset; lr chosen by a small sweep (lr 2e-4/1e-3, Adam betas
     # (0, 0.99)/(0.5, 0.9), z_dim 2/32) on toy:gaussians25, where 1e-3 with StyleGAN's betas covered the
     # most modes; 1000 kimg take about 30 s on a 2-core CPU.
-    "toy":       dict(ref_gpus=1, kimg=1000,   mb=256, mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0),
+    "toy":       dict(ref_gpus=1, kimg=1000,   mb=64,  mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0,
+                      betas=(0.5, 0.999)),
 }
 STYLEGAN2_BETAS = (0.0, 0.99)  # Adam betas of every image preset (StyleGAN2-ADA train.py)
 IMAGE_PRESETS = ("auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar")
