@@ -16,12 +16,12 @@ A="ganstack ablate --kimg 1000 --seeds 0-2 --jobs $JOBS"
 
 # Diffusion-GAN Fig. 5: vanilla | diffusion | the headline stack on 25 Gaussians.
 link diffusion gaussians25
-$A --outdir "$OUT/diffusion" --data toy:gaussians25 --stacks "none;diffusion diffusion.sigma=0.05;diffusion;diffusion,smart,clr" \
+$A --outdir "$OUT/diffusion" --data toy:gaussians25 --stacks "none;diffusion;diffusion,smart,clr;diffusion diffusion.sigma=0.05" \
    --opt smart.score=analytic
 
-# SMaRt Fig. 2: on the 49-point grid, vanilla | Diffusion-GAN | SMaRt | the headline stack.
+# SMaRt Fig. 2: on the 49-point grid, vanilla | SMaRt | Diffusion-GAN | the headline stack.
 link smart grid49
-$A --outdir "$OUT/smart" --data toy:grid49 --stacks "none;diffusion;smart;diffusion,smart,clr" \
+$A --outdir "$OUT/smart" --data toy:grid49 --stacks "none;smart;diffusion;diffusion,smart,clr" \
    --opt smart.score=analytic
 
 # DDGAN Fig. 6: vanilla | DDGAN (its paper's optimiser for 2-D data, App. C.5).
