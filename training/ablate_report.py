@@ -155,6 +155,9 @@ def signal_series(records: list) -> dict:
         vals = {}
         if real is not None and fake is not None:
             vals.update({"D(real) - D(fake), mean logit": real - fake})
+        sign = _scalar(rec.get("Loss/signs/real"))
+        if sign is not None:
+            vals["E[sign D(real)] (ADA's r_t)"] = sign
         for key, v in rec.items():
             if key.startswith(("Loss/", "Progress/", "Timing/", "Resources/")) or key == "timestamp":
                 continue
