@@ -40,7 +40,7 @@ import numpy as np
 
 from ganstack.stylegan_base.errors import GanstackError
 from ganstack.training.ablate_report import (clear_winner, column_note, plot_side_by_side, plot_training_signals,
-                                             secondary_columns)
+                                             secondary_columns, signals_table)
 from ganstack.training.api import ConfigError
 from ganstack.training.snapshots import _pyplot, scatter_on_axis
 
@@ -606,6 +606,11 @@ def write_reports(outdir: str, cells: list[Cell], stacks: list[StackSpec], seeds
              f"Metrics: {', '.join(settings.get('metrics', ())) or 'none'} (sampled through each stack's sampler; "
              f"nfe = generator evaluations per sample)."]
     text = write_markdown(rows, columns, stacks, paths["md"], title, notes)
+    extra = signals_table(cells, stacks)  # ablate_report: D's logit gap and plugin scalars at the end
+    if extra:
+        with open(paths["md"], "at") as f:
+            f.write(extra)
+        text += extra
     made = []
     if columns and plot_curves(cells, stacks, columns, paths["curves"], title):
         made.append(paths["curves"])

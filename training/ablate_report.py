@@ -219,3 +219,33 @@ def plot_training_signals(cells, stacks, path: str, title: str) -> bool:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+def signals_table(cells, stacks) -> str:
+    """Markdown: the final value of each training signal (mean +- std over seeds) per stack."""
+    finals: dict = {}
+    names: list = []
+    for s in stacks:
+        for c in cells:
+            if c.stack.label != s.label:
+                continue
+            for name, (_, vals) in signal_series(read_stats(c.dir)).items():
+                finals.setdefault(s.label, {}).setdefault(name, []).append(vals[-1])
+                if name not in names:
+                    names.append(name)
+    if not names:
+        return ""
+    names.sort(key=lambda k: (not k.startswith(("D(", "E[")), k))
+    lines = ["", "Training signals at the last tick (mean ± std over seeds):", "",
+             "| stack | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for s in stacks:
+        row = []
+        for name in names:
+            v = finals.get(s.label, {}).get(name)
+            if not v:
+                row.append("–")
+            else:
+                sd = f" ± {np.std(v, ddof=1):.3g}" if len(v) > 1 else ""
+                row.append(f"{np.mean(v):.3g}{sd}")
+        lines.append(f"| {s.label} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
