@@ -39,8 +39,8 @@ import click
 import numpy as np
 
 from ganstack.stylegan_base.errors import GanstackError
-from ganstack.training.ablate_report import (clear_winner, column_note, plot_side_by_side, plot_training_signals,
-                                             secondary_columns, signals_table)
+from ganstack.training.ablate_report import (band, clear_winner, column_note, finish_grid, plot_side_by_side,
+                                             plot_training_signals, secondary_columns, signals_table)
 from ganstack.training.api import ConfigError
 from ganstack.training.snapshots import _pyplot, scatter_on_axis
 
@@ -517,26 +517,10 @@ def plot_curves(cells: list[Cell], stacks: list[StackSpec], columns: list[str], 
             if not common:
                 continue
             vals = np.array([[x[k] for k in common] for x in series])
-            mean = vals.mean(0)
-            color = colors[si % len(colors)]
-            ax.plot(common, mean, label=s.label, color=color, lw=1.5)
-            if len(series) > 1:
-                std = vals.std(0, ddof=1)
-                ax.fill_between(common, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+            band(ax, common, vals, colors[si % len(colors)], s.label)
         d = column_direction(col)
         ax.set_title(col + {1: " (higher is better)", -1: " (lower is better)", 0: ""}[d], fontsize=9)
-        ax.set_xlabel("kimg", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(shown):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 0.96))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_grid(plt, fig, axes, len(shown), title, path)
     return True
 
 

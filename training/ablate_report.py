@@ -198,27 +198,37 @@ def plot_training_signals(cells, stacks, path: str, title: str) -> bool:
             if not curves:
                 continue
             m = min(len(c[0]) for c in curves)
-            kimg = np.asarray(curves[0][0][:m])
-            vals = np.asarray([c[1][:m] for c in curves])
-            ax.plot(kimg, vals.mean(0), color=colors[i % len(colors)], lw=1.3, label=s.label)
-            if len(curves) > 1:
-                sd = vals.std(0, ddof=1)
-                ax.fill_between(kimg, vals.mean(0) - sd, vals.mean(0) + sd, color=colors[i % len(colors)],
-                                alpha=0.15, lw=0)
+            band(ax, curves[0][0][:m], np.asarray([c[1][:m] for c in curves]), colors[i % len(colors)], s.label)
         ax.set_title(name, fontsize=8)
-        ax.set_xlabel("kimg", fontsize=7)
-        ax.tick_params(labelsize=6)
+    finish_grid(plt, fig, axes, len(names), title, path, small=True)
+    return True
+
+
+def band(ax, x, vals: np.ndarray, color, label: str) -> None:
+    """Mean over rows of ``vals [seeds, K]`` against ``x``, with a +-1 std band when there are several rows."""
+    mean = vals.mean(0)
+    ax.plot(x, mean, label=label, color=color, lw=1.4)
+    if len(vals) > 1:
+        sd = vals.std(0, ddof=1)
+        ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.15, lw=0)
+
+
+def finish_grid(plt, fig, axes, used: int, title: str, path: str, small: bool = False) -> None:
+    """kimg axes, blank unused panels, one legend below, title, save and close."""
+    fs = 7 if small else 8
+    for ax in list(axes.flat)[:used]:
+        ax.set_xlabel("kimg", fontsize=fs)
+        ax.tick_params(labelsize=fs - 1)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[used:]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.07 if handles else 0, 1, 0.95))
-    fig.savefig(path, dpi=90)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=fs, frameon=False)
+    fig.suptitle(title, fontsize=fs + 2)
+    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 0.95))
+    fig.savefig(path, dpi=90 if small else 110)
     plt.close(fig)
-    return True
 
 
 def signals_table(cells, stacks) -> str:
