@@ -40,7 +40,8 @@ import numpy as np
 
 from ganstack.stylegan_base.errors import GanstackError
 from ganstack.training.ablate_report import (band, clear_winner, column_note, finish_grid, plot_side_by_side,
-                                             plot_training_signals, secondary_columns, signals_table)
+                                             plot_training_signals, reference_points, secondary_columns,
+                                             signals_table)
 from ganstack.training.api import ConfigError
 from ganstack.training.snapshots import _pyplot, scatter_on_axis
 
@@ -530,7 +531,6 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
     import torch
 
     from ganstack.metrics.registry import draw_samples
-    from ganstack.stylegan_base.datasets import open_dataset
     from ganstack.training.inference import load_model
 
     plt = _pyplot()
@@ -556,12 +556,7 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
                 plt.close(fig)
                 return False
             if reference is None:
-                ds = open_dataset(model.data_info["spec"])
-                idx = np.random.default_rng(0).choice(len(ds), min(len(ds), n), replace=False)
-                reference = np.asarray(ds.get_batch(idx)[0])
-                centers = model.data_info.get("toy", {}).get("centers")
-                centers = None if centers is None else np.asarray(centers)
-                lim = float(np.abs(reference[:, :2]).max()) * 1.25
+                reference, centers, _, lim = reference_points(model.data_info, n)
             x = draw_samples(model.G, model.stack, n, "cpu", seed=0).numpy()
             scatter_on_axis(ax, x, reference, centers, lim, size=1.0)
             del model

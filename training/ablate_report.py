@@ -59,6 +59,18 @@ def _mean_std_text(agg_row: dict, keys) -> str:
     return ", ".join(parts)
 
 
+def reference_points(data_info: dict, n: int):
+    """``(reference [n, D], centers or None, mode std or None, axis limit)`` for the scatter panels."""
+    from ganstack.stylegan_base.datasets import open_dataset
+
+    ds = open_dataset(data_info["spec"])
+    idx = np.random.default_rng(0).choice(len(ds), min(len(ds), n), replace=False)
+    reference = np.asarray(ds.get_batch(idx)[0])
+    toy = data_info.get("toy") or {}
+    centers = None if toy.get("centers") is None else np.asarray(toy["centers"])
+    return reference, centers, toy.get("std"), float(np.abs(reference[:, :2]).max()) * 1.25
+
+
 PANEL_KEYS = (("modes", "toy/modes_covered"), ("hq", "toy/hq_share"), ("KL", "toy/kl_modes"))
 
 
@@ -68,7 +80,6 @@ def plot_side_by_side(cells, stacks, seeds, agg: dict, path: str, title: str, n:
 
     from ganstack.metrics.registry import draw_samples
     from ganstack.metrics.toy import mixture_metrics
-    from ganstack.stylegan_base.datasets import open_dataset
     from ganstack.training.ablate import newest_checkpoint
     from ganstack.training.inference import load_model
     from ganstack.training.snapshots import _pyplot, scatter_on_axis
@@ -99,13 +110,7 @@ def plot_side_by_side(cells, stacks, seeds, agg: dict, path: str, title: str, n:
             plt.close(fig)
             return False
         if reference is None:
-            ds = open_dataset(model.data_info["spec"])
-            idx = np.random.default_rng(0).choice(len(ds), min(len(ds), n), replace=False)
-            reference = np.asarray(ds.get_batch(idx)[0])
-            toy = model.data_info.get("toy") or {}
-            centers = None if toy.get("centers") is None else np.asarray(toy["centers"])
-            std = toy.get("std")
-            lim = float(np.abs(reference[:, :2]).max()) * 1.25
+            reference, centers, std, lim = reference_points(model.data_info, n)
         with torch.no_grad():
             x = draw_samples(model.G, model.stack, n, "cpu", seed=0).numpy()
         scatter_on_axis(ax, x, reference, centers, lim, size=1.0)
