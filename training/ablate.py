@@ -40,10 +40,9 @@ import numpy as np
 
 from ganstack.stylegan_base.errors import GanstackError
 from ganstack.training.ablate_report import (band, clear_winner, column_note, finish_grid, plot_side_by_side,
-                                             plot_training_signals, reference_points, secondary_columns,
-                                             signals_table)
+                                             plot_training_signals, scatter_cell, secondary_columns, signals_table)
 from ganstack.training.api import ConfigError
-from ganstack.training.snapshots import _pyplot, scatter_on_axis
+from ganstack.training.snapshots import _pyplot
 
 CELL_FILE = "cell.json"
 
@@ -530,17 +529,13 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
     """Grid of scatter plots (rows: stacks, columns: seeds) of samples from each cell's final checkpoint."""
     import torch
 
-    from ganstack.metrics.registry import draw_samples
-    from ganstack.training.inference import load_model
-
     plt = _pyplot()
     if plt is None:
         return False
     by_key = {(c.stack.label, c.seed): c for c in cells}
     fig, axes = plt.subplots(len(stacks), len(seeds), figsize=(2.6 * len(seeds) + 1.2, 2.6 * len(stacks)),
                              squeeze=False)
-    reference = centers = None
-    lim = None
+    ref: dict = {}
     for i, s in enumerate(stacks):
         for j, seed in enumerate(seeds):
             ax = axes[i, j]
@@ -551,15 +546,9 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
             if ckpt is None:
                 ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, fontsize=8)
                 continue
-            model = load_model(ckpt, device="cpu")
-            if model.data_info["kind"] != "points":
+            if scatter_cell(ax, ckpt, ref, n) is None:
                 plt.close(fig)
                 return False
-            if reference is None:
-                reference, centers, _, lim = reference_points(model.data_info, n)
-            x = draw_samples(model.G, model.stack, n, "cpu", seed=0).numpy()
-            scatter_on_axis(ax, x, reference, centers, lim, size=1.0)
-            del model
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     for j, seed in enumerate(seeds):
         axes[0, j].set_title(f"seed {seed}", fontsize=9)

@@ -59,6 +59,26 @@ def _mean_std_text(agg_row: dict, keys) -> str:
     return ", ".join(parts)
 
 
+def scatter_cell(ax, ckpt: str, ref: dict, n: int):
+    """Draw ``n`` samples of a cell's checkpoint over the data on ``ax``; ``ref`` caches the reference points
+    (filled on the first call). Returns the samples, or None for image data."""
+    import torch
+
+    from ganstack.metrics.registry import draw_samples
+    from ganstack.training.inference import load_model
+    from ganstack.training.snapshots import scatter_on_axis
+
+    model = load_model(ckpt, device="cpu")
+    if model.data_info["kind"] != "points":
+        return None
+    if not ref:
+        ref.update(zip(("reference", "centers", "std", "lim"), reference_points(model.data_info, n)))
+    with torch.no_grad():
+        x = draw_samples(model.G, model.stack, n, "cpu", seed=0).numpy()
+    scatter_on_axis(ax, x, ref["reference"], ref["centers"], ref["lim"], size=1.0)
+    return x
+
+
 def reference_points(data_info: dict, n: int):
     """``(reference [n, D], centers or None, mode std or None, axis limit)`` for the scatter panels."""
     from ganstack.stylegan_base.datasets import open_dataset
@@ -76,21 +96,16 @@ PANEL_KEYS = (("modes", "toy/modes_covered"), ("hq", "toy/hq_share"), ("KL", "to
 
 def plot_side_by_side(cells, stacks, seeds, agg: dict, path: str, title: str, n: int = 2000) -> bool:
     """One row of scatter panels, one per stack (first seed with a checkpoint), metrics in the titles."""
-    import torch
-
-    from ganstack.metrics.registry import draw_samples
     from ganstack.metrics.toy import mixture_metrics
     from ganstack.training.ablate import newest_checkpoint
-    from ganstack.training.inference import load_model
-    from ganstack.training.snapshots import _pyplot, scatter_on_axis
+    from ganstack.training.snapshots import _pyplot
 
     plt = _pyplot()
     if plt is None or not stacks:
         return False
     by_key = {(c.stack.label, c.seed): c for c in cells}
     fig, axes = plt.subplots(1, len(stacks), figsize=(3.3 * len(stacks), 3.9), squeeze=False)
-    reference = centers = lim = None
-    std = None
+    ref: dict = {}
     for ax, s in zip(axes[0], stacks):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -105,15 +120,11 @@ def plot_side_by_side(cells, stacks, seeds, agg: dict, path: str, title: str, n:
             ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, fontsize=8)
             ax.set_title(s.label, fontsize=8)
             continue
-        model = load_model(ckpt, device="cpu")
-        if model.data_info["kind"] != "points":
+        x = scatter_cell(ax, ckpt, ref, n)
+        if x is None:
             plt.close(fig)
             return False
-        if reference is None:
-            reference, centers, std, lim = reference_points(model.data_info, n)
-        with torch.no_grad():
-            x = draw_samples(model.G, model.stack, n, "cpu", seed=0).numpy()
-        scatter_on_axis(ax, x, reference, centers, lim, size=1.0)
+        centers, std = ref["centers"], ref["std"]
         head = f"{s.label}\nseed {seed}"
         if centers is not None:
             m = mixture_metrics(x, centers, float(std))
@@ -122,7 +133,6 @@ def plot_side_by_side(cells, stacks, seeds, agg: dict, path: str, title: str, n:
         ax.set_title(head, fontsize=7.5)
         if summary:
             ax.set_xlabel(f"{len(seeds)} seeds: {summary}", fontsize=6.5)
-        del model
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     fig.savefig(path, dpi=90)
