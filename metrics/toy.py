@@ -17,7 +17,7 @@ For ``N`` samples and a mixture of ``M`` equally weighted modes of standard devi
 
 Why ``1/4`` of the ideal share, counted against all samples: the threshold must sit far above what noise
 puts on a mode and far below what a good generator does. Uniform noise over the square of
-``toy:gaussians25`` has ``hq_share`` about 0.02, i.e. 0.02/M per mode, 12x below the threshold; a
+``toy:gaussians25`` has ``hq_share`` about 0.024, i.e. 0.024/M per mode, 10x below the threshold; a
 generator that covers a mode at half its ideal weight with 90% hq samples holds 0.45/M, almost twice
 the threshold. At the protocol's N = 2500 samples the threshold is 25 samples per mode on
 ``gaussians25`` (13 on ``grid49``), several binomial standard deviations away from both. Counting against
