@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import click
 import torch
@@ -27,7 +27,7 @@ from ganstack.training.api import ConfigError
 from ganstack.training.config import TrainConfig, resolve
 from ganstack.training.nets import backbone_kwargs
 
-__all__ = ['import_pkl', 'imported_config', 'load_init_weights', 'InitReport', 'freeze_discriminator_layers',
+__all__ = ['import_pkl', 'checkpoint_from_pkl', 'imported_config', 'load_init_weights', 'InitReport', 'freeze_discriminator_layers',
            'discriminator_layers', 'import_pkl_command']
 
 ROLES = ('G', 'D', 'G_ema')
@@ -161,8 +161,11 @@ def _check_rebuild(cfg: TrainConfig, data_info: dict, nets: dict) -> None:
                                       f'(max diff {(a - b).abs().max().item():.3g}); not writing the checkpoint.')
 
 
-def import_pkl(src: str, dest: str, log: Callable[[str], None] = print) -> dict:
-    """Write the networks of official pickle ``src`` as a ganstack checkpoint ``dest``; returns it."""
+def checkpoint_from_pkl(src: str) -> dict:
+    """The ganstack checkpoint dict (as ``checkpoint.load`` returns) for official pickle ``src``, in memory.
+
+    ``generate``/``metrics --network X.pkl`` can use it where they take a checkpoint.
+    """
     nets, snap = legacy.load_official_networks(src)
     if 'G_ema' not in nets and 'G' not in nets:
         raise CheckpointError(f'{src} holds no generator (only {", ".join(nets)}); nothing to import.')
@@ -200,6 +203,12 @@ def import_pkl(src: str, dest: str, log: Callable[[str], None] = print) -> dict:
                               training_set_kwargs=snap.training_set_kwargs, augment_p=snap.augment_p,
                               notes=notes),
     }
+    return ckpt
+
+
+def import_pkl(src: str, dest: str) -> dict:
+    """Write the networks of official pickle ``src`` as a ganstack checkpoint ``dest``; returns it."""
+    ckpt = checkpoint_from_pkl(src)
     ckpt_io.atomic_save(ckpt, dest)
     return ckpt
 
