@@ -84,6 +84,31 @@ def test_import_pkl_refuses_what_train_cannot_rebuild(tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_import_pkl_of_a_converted_pretrained_pickle(tmp_path):
+    """StyleGAN2-ADA's pretrained pickles (converted from TensorFlow by its legacy.py) spell out every
+    argument, give the unconditional D a 0-layer label mapping and may use the whole minibatch for
+    minibatch-std."""
+    G = official_generator(**OFFICIAL)
+    G.kwargs["mapping_kwargs"].update(embed_features=None, layer_features=None, activation="lrelu",
+                                      lr_multiplier=0.01, w_avg_beta=0.995)
+    G.modules["mapping"].kwargs.update(G.kwargs["mapping_kwargs"])
+    extra = dict(resample_filter=[1, 3, 3, 1], use_noise=True, activation="lrelu")
+    G.kwargs["synthesis_kwargs"].update(extra)
+    G.modules["synthesis"].kwargs.update(extra)
+    D = official_discriminator(img_resolution=16, channel_base=512, channel_max=32, mbstd_group_size=None)
+    D.kwargs.update(cmap_dim=None, block_kwargs=dict(activation="lrelu", resample_filter=[1, 3, 3, 1], freeze_layers=0),
+                    mapping_kwargs=dict(num_layers=0, embed_features=None, layer_features=None, activation="lrelu",
+                                        lr_multiplier=0.1),
+                    epilogue_kwargs=dict(mbstd_group_size=None, mbstd_num_channels=1, activation="lrelu"))
+    src = tmp_path / "ffhq-like.pkl"
+    write_official_pickle(str(src), G=G, D=D, G_ema=G)
+    ckpt = transfer.import_pkl(str(src), str(tmp_path / "ffhq.pt"))
+    assert any("whole minibatch" in n for n in ckpt["imported_from"]["notes"])
+    model = load_model(str(tmp_path / "ffhq.pt"), device="cpu")
+    z = _z()
+    assert (model.sample(z, noise_mode="const") - ref_generator(G, z, None)).abs().max() < 1e-3
+
+
 def _fresh_nets(cond=False):
     cfg = make_config(image=True, cond=cond)
     ds = open_dataset(cfg.data, use_labels=cfg.cond)

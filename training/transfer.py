@@ -53,7 +53,8 @@ def _not_expressible(G_kw: dict, D_kw: Optional[dict]) -> list[str]:
         if key in kw and kw[key] != default and kw[key] not in same_as:
             bad.append(f'{where}{key}={kw[key]!r} (ganstack train builds {default!r})')
     m, s = G_kw['mapping_kwargs'], G_kw['synthesis_kwargs']
-    want('G mapping ', m, 'embed_features', None, (w_dim,))
+    if G_kw['c_dim']:
+        want('G mapping ', m, 'embed_features', None, (w_dim,))
     want('G mapping ', m, 'layer_features', None, (w_dim,))
     want('G mapping ', m, 'activation', 'lrelu')
     want('G mapping ', m, 'lr_multiplier', 0.01)
@@ -66,7 +67,7 @@ def _not_expressible(G_kw: dict, D_kw: Optional[dict]) -> list[str]:
         want('D ', D_kw, 'cmap_dim', None, (cmap,))
         want('D block ', D_kw['block_kwargs'], 'activation', 'lrelu')
         want('D block ', D_kw['block_kwargs'], 'resample_filter', [1, 3, 3, 1])
-        dm = D_kw['mapping_kwargs']
+        dm = D_kw['mapping_kwargs'] if D_kw.get('c_dim') else {}  # no label mapping without labels
         want('D mapping ', dm, 'num_layers', 8)
         want('D mapping ', dm, 'embed_features', None, (cmap,))
         want('D mapping ', dm, 'layer_features', None, (cmap,))
@@ -146,8 +147,9 @@ def _check_rebuild(cfg: TrainConfig, data_info: dict, nets: dict) -> None:
                                       f' This is a ganstack bug; please report it with the pickle\'s description.')
             mine.eval()
             if role == 'D':
-                x = torch.randn(4, data_info['num_channels'], data_info['resolution'], data_info['resolution'])
-                c = torch.eye(max(D_kw['c_dim'], 1))[torch.arange(4) % max(D_kw['c_dim'], 1)][:, :D_kw['c_dim']]
+                n = cfg.mbstd_group or 4  # one group: a whole-minibatch std (group None) computes the same
+                x = torch.randn(n, data_info['num_channels'], data_info['resolution'], data_info['resolution'])
+                c = torch.eye(max(D_kw['c_dim'], 1))[torch.arange(n) % max(D_kw['c_dim'], 1)][:, :D_kw['c_dim']]
                 a, b = mine(x, c), imp.module(x, c)
             else:
                 z = torch.randn(2, G_kw['z_dim'])
