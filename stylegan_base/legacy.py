@@ -40,7 +40,7 @@ import math
 import pickle
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch

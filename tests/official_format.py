@@ -74,29 +74,23 @@ class Discriminator(torch.nn.Module):
                  mapping_kwargs={}, epilogue_kwargs={}):
         pass
 '''
-SRC_ADA = ('import numpy as np\nimport torch\nfrom torch_utils import persistence\n' + _SRC_COMMON + '''
+_SRC_FLAVOR = '''
 class MappingNetwork(torch.nn.Module):
     def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=8, embed_features=None, layer_features=None,
-                 activation='lrelu', lr_multiplier=0.01, w_avg_beta=0.995):
+                 activation='lrelu', lr_multiplier=0.01, w_avg_beta={beta}):
         pass
-    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, skip_w_avg_update=False):
+    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, {update}=False):
         pass
 class Generator(torch.nn.Module):
-    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs={}, synthesis_kwargs={}):
+    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs={{}}, {synthesis}):
         pass
-''')
+'''
+_SRC_HEAD = 'import numpy as np\nimport torch\nfrom torch_utils import persistence\n'
+SRC_ADA = _SRC_HEAD + _SRC_COMMON + _SRC_FLAVOR.format(beta=0.995, update='skip_w_avg_update',
+                                                       synthesis='synthesis_kwargs={}')
 SRC_SG3 = ('"""Network architectures from the paper\n"Analyzing and Improving the Image Quality of StyleGAN"."""\n'
-           'import numpy as np\nimport torch\nfrom torch_utils import persistence\n' + _SRC_COMMON + '''
-class MappingNetwork(torch.nn.Module):
-    def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=8, embed_features=None, layer_features=None,
-                 activation='lrelu', lr_multiplier=0.01, w_avg_beta=0.998):
-        pass
-    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False):
-        pass
-class Generator(torch.nn.Module):
-    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs={}, **synthesis_kwargs):
-        pass
-''')
+           + _SRC_HEAD + _SRC_COMMON + _SRC_FLAVOR.format(beta=0.998, update='update_emas',
+                                                          synthesis='**synthesis_kwargs'))
 SRC_SG3_ALIAS_FREE = ('import numpy as np\nimport torch\nfrom torch_utils import persistence\n'
                       'from torch_utils.ops import filtered_lrelu\nclass SynthesisInput(torch.nn.Module):\n'
                       '    def __init__(self, w_dim, channels, size, sampling_rate, bandwidth):\n        pass\n')

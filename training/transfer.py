@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -20,6 +19,7 @@ from typing import Optional
 import click
 import torch
 
+from ganstack.metrics.detectors import file_sha256
 from ganstack.stylegan_base import legacy
 from ganstack.stylegan_base.errors import CheckpointError
 from ganstack.training import checkpoint as ckpt_io
@@ -35,14 +35,6 @@ ROLES = ('G', 'D', 'G_ema')
 
 # ------------------------------------------------------------------------------------------------
 # Official pickle -> ganstack checkpoint
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _not_expressible(G_kw: dict, D_kw: Optional[dict]) -> list[str]:
     """Official arguments that ``ganstack train`` has no option for and that differ from what it builds."""
@@ -200,7 +192,7 @@ def checkpoint_from_pkl(src: str) -> dict:
         'D': D_state,
         'G_ema': G_ema.state_dict(),
         'cur_nimg': 0,
-        'imported_from': dict(path=os.path.abspath(src), sha256=_sha256(src), networks=sorted(nets),
+        'imported_from': dict(path=os.path.abspath(src), sha256=file_sha256(src), networks=sorted(nets),
                               official_kwargs={role: imp.official_kwargs for role, imp in nets.items()},
                               training_set_kwargs=snap.training_set_kwargs, augment_p=snap.augment_p,
                               notes=notes),
