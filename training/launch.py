@@ -571,13 +571,18 @@ class SlurmCellLauncher:
                                      submitted=now, attempts=attempts, previous=s.status)
             _atomic_json(os.path.join(outdir, "slurm", JOBS_FILE), jobs)
             array = submitted[0].job_id.split("_")[0] if submitted else "?"
-            log(f"Submitted {len(submitted)} cell(s) as job array {array} ({opts.cluster}): "
+            what = f"job array {array}" if opts.cluster == "slurm" else "jobs of submitit's local executor"
+            log(f"Submitted {len(submitted)} cell(s) as {what}: "
                 + ", ".join(f"{s.cell.stack.label} seed {s.cell.seed} -> {j.job_id}" for s, j in zip(todo, submitted)))
             log(f"Logs: {os.path.join(outdir, 'slurm')}/<job>/  Status: ganstack ablate --status {outdir}")
         if opts.wait:
             statuses = self.wait(outdir, cells, log)
         else:
             statuses = cell_statuses(outdir, cells)
+        for s in statuses:
+            if s.status in ("failed", "interrupted"):
+                log(f"  {s.status.upper()}: {s.cell.stack.label} seed {s.cell.seed} (job {s.job_id}): {s.error}\n"
+                    f"    log: {s.log}")
         return {s.cell.dir: (None if s.status == "done" else
                              f"{s.error or s.status} (log: {s.log})" if s.status in ("failed", "interrupted") else s.status)
                 for s in statuses if s.status in ("done", "failed", "interrupted")}
@@ -806,7 +811,8 @@ def submit_train(train_args: list[str], outdir: str, nodes: int, tasks_per_node:
         _LOCAL_JOBS[job.job_id] = job
     log(f"Submitted job {job.job_id}: {nodes} node(s) x {tasks_per_node} task(s) "
         f"({'one GPU each' if use_gpus else 'CPU'}), time limit {options.time}.")
-    log(f"Logs: {job.paths.stdout} (rank 0: {os.path.basename(str(job.paths.stderr))}); run folder under {outdir}")
+    paths = job.task(0).paths if job.num_tasks > 1 else job.paths
+    log(f"Logs of rank 0: {paths.stdout} and {os.path.basename(str(paths.stderr))}; the run folder goes to {outdir}")
     return job
 
 
