@@ -471,14 +471,24 @@ class CellStatus:
     error: Optional[str] = None
 
 
-def cell_statuses(outdir: str, cells, jobs: Optional[dict] = None) -> list[CellStatus]:
-    """What each cell is doing: its ``cell.json`` (done/failed) and, for submitted cells, the queue."""
+def cell_statuses(outdir: str, cells, jobs: Optional[dict] = None, strict: bool = True) -> list[CellStatus]:
+    """What each cell is doing: its ``cell.json`` (done/failed) and, for submitted cells, the queue.
+
+    When the queue cannot be read, ``strict`` raises (nothing may be resubmitted blindly); otherwise the
+    submitted cells that are not finished are reported as ``unknown``.
+    """
     from ganstack.training.ablate import _read_cell
 
     jobs = read_jobs(outdir) if jobs is None else jobs
     recorded = jobs.get("cells", {})
-    live = queue_states([recorded.get(_cell_key(outdir, c), {}).get("job_id") for c in cells],
-                        jobs.get("cluster", "slurm")) if recorded else {}
+    queue_error = None
+    try:
+        live = queue_states([recorded.get(_cell_key(outdir, c), {}).get("job_id") for c in cells],
+                            jobs.get("cluster", "slurm")) if recorded else {}
+    except ConfigError as exc:
+        if strict:
+            raise
+        live, queue_error = {}, str(exc)
     out = []
     for c in cells:
         state = _read_cell(c.dir)
@@ -492,6 +502,8 @@ def cell_statuses(outdir: str, cells, jobs: Optional[dict] = None) -> list[CellS
         elif st == "failed":
             out.append(CellStatus(c, "failed", state.get("job_id", jid), state.get("log", rec.get("stderr")),
                                   state.get("error")))
+        elif jid and queue_error:
+            out.append(CellStatus(c, "unknown", jid, rec.get("stderr"), queue_error))
         elif jid:
             # Submitted, no longer in the queue, neither done nor failed: cancelled, killed, or lost with its node.
             out.append(CellStatus(c, "interrupted", jid, rec.get("stderr"),
@@ -505,7 +517,7 @@ def format_status(statuses: list[CellStatus], outdir: str) -> str:
     counts = {}
     for s in statuses:
         counts[s.status] = counts.get(s.status, 0) + 1
-    order = ["done", "running", "queued", "failed", "interrupted", "not run"]
+    order = ["done", "running", "queued", "failed", "interrupted", "unknown", "not run"]
     head = ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k)) or "no cells"
     lines = [f"{outdir}: {len(statuses)} cells: {head}"]
     w = max((len(s.cell.stack.label) for s in statuses), default=5)
@@ -516,7 +528,7 @@ def format_status(statuses: list[CellStatus], outdir: str) -> str:
         if s.status in ("failed", "interrupted") and s.log:
             line += f"  log {s.log}"
         lines.append(line)
-        if s.status == "failed" and s.error:
+        if s.status in ("failed", "unknown") and s.error:
             lines.append(f"      {s.error}")
     return "\n".join(lines)
 
@@ -560,7 +572,9 @@ class SlurmCellLauncher:
             try:
                 submitted = ex.submit_array(fns)
             except Exception as exc:  # noqa: BLE001 - sbatch's own message says what was wrong
-                raise ConfigError(f"Submitting {len(fns)} cell(s) to SLURM failed: {exc}") from None
+                hint = (f" Cells ask for {gpus} GPU(s) each; for CPU cells pass --slurm-gpus-per-cell 0."
+                        if gpus and "gres" in str(exc).lower() else "")
+                raise ConfigError(f"Submitting {len(fns)} cell(s) to SLURM failed: {str(exc).strip()}.{hint}") from None
             now = time.time()
             for s, job in zip(todo, submitted):
                 if opts.cluster == "local":
@@ -588,6 +602,7 @@ class SlurmCellLauncher:
                 for s in statuses if s.status in ("done", "failed", "interrupted")}
 
     def wait(self, outdir: str, cells, log=click.echo) -> list[CellStatus]:
+        log("Waiting for the cells (Ctrl-C stops waiting; the jobs go on, and --status shows them) ...")
         last = None
         while True:
             statuses = cell_statuses(outdir, cells)
@@ -606,7 +621,9 @@ class SlurmCellLauncher:
 def make_cell_launcher(kwargs: dict, jobs: int, devices):
     if kwargs.get("launcher", "local") == "slurm":
         require_submitit()
-        return SlurmCellLauncher(slurm_options_from(kwargs, gpus=kwargs.get("slurm_gpus_per_cell", 1)))
+        options = slurm_options_from(kwargs, gpus=kwargs.get("slurm_gpus_per_cell", 1))
+        parse_slurm_time(options.time)  # bad input fails before anything is trained or submitted
+        return SlurmCellLauncher(options)
     if kwargs.get("wait"):
         raise ConfigError("--wait is for --launcher slurm; the local launcher always runs the cells to the end.")
     return LocalCellLauncher(jobs=jobs, devices=devices)
@@ -625,7 +642,7 @@ def print_status(outdir: str, log=click.echo) -> list[CellStatus]:
                           f"`ganstack ablate` run.") from None
     stacks = [StackSpec(list(s["plugins"]), dict(s.get("options", {}))) for s in info["stacks"]]
     cells = plan(outdir, stacks, info["seeds"])
-    statuses = cell_statuses(outdir, cells)
+    statuses = cell_statuses(outdir, cells, strict=False)
     log(format_status(statuses, outdir))
     return statuses
 
@@ -854,6 +871,7 @@ def launch_train(ctx: click.Context, kwargs: dict, log=click.echo) -> None:
     require_submitit()
     nodes = kwargs.get("nodes") or 1
     options = slurm_options_from(kwargs, gpus=gpus)
+    parse_slurm_time(options.time)
     use_gpus = (kwargs.get("device") or "auto") != "cpu"
     job = submit_train(train_args, kwargs.get("outdir") or "training-runs", nodes, gpus, use_gpus, options, log=log)
     if options.wait:
