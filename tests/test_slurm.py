@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from conftest import state_equal
+from dist_worker import assert_ranks_agree
 from ganstack.training import ablate as ab
 from ganstack.training import checkpoint as ckpt_io
 from ganstack.training import distributed, launch
@@ -281,13 +282,7 @@ def test_srun_two_tasks_join_one_process_group_from_slurm_env():
     r = subprocess.run(["srun", "--ntasks=2", "--time=5", "--kill-on-bad-exit=1", sys.executable,
                         os.path.join(HERE, "dist_worker.py")], capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")][0]
-    res = json.loads(line[len("RESULT "):])
-    assert [x["rank"] for x in res] == [0, 1]
-    assert res[0]["checksum"] == res[1]["checksum"]
-    assert res[0]["seen"] == res[1]["seen"] and len(res[0]["seen"]) == 4
-    assert res[0]["nimg"] == res[1]["nimg"] == 4 * 32
-    assert res[0]["first_real"] != res[1]["first_real"]
+    assert_ranks_agree(r.stdout)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -210,10 +210,12 @@ class Child:
     the main thread is waiting too (``Popen.wait`` holds a lock a handler would deadlock on)."""
 
     def __init__(self, argv, env=None, cwd=None):
-        def ignore_usr2():
-            # SLURM signals every process of the job; the supervisor decides what USR2 means.
-            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, preexec_fn=ignore_usr2)
+        # SLURM signals every process of the job; the supervisor decides what submitit's signal means.
+        preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+
+        def ignore_preempt_signal():
+            signal.signal(preempt, signal.SIG_IGN)
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, preexec_fn=ignore_preempt_signal)
         self.pid = self.proc.pid
         self.returncode: Optional[int] = None
 
