@@ -155,7 +155,7 @@ def test_lazy_frequency_gain_and_adam_correction():
     tr = make_trainer(["smart"], ANALYTIC, **GRID)
     assert tr.mb_ratio["G"] == pytest.approx(8 / 9) and tr.mb_ratio["D"] == pytest.approx(1.0)
     assert tr.G_opt.param_groups[0]["lr"] == pytest.approx(tr.cfg.glr * 8 / 9)
-    assert tr.G_opt.param_groups[0]["betas"][1] == pytest.approx(0.99 ** (8 / 9))
+    assert tr.G_opt.param_groups[0]["betas"][1] == pytest.approx(tr.cfg.g_betas[1] ** (8 / 9))  # the toy preset: (0.5, 0.999)
     due = [i for i in range(17) if "Loss/smart/score" in tr.step()]
     assert due == [0, 8, 16]
     # interval 3 -> steps 0, 3, 6
