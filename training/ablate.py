@@ -18,7 +18,8 @@ Cells run one after another, or ``--jobs N`` at a time (on several GPUs, one pro
 Outputs in ``<outdir>``: ``results.csv`` (one row per cell, final metric values), ``results.md``
 (mean +- std over seeds per stack, the best value of each column in bold), ``metrics_vs_kimg.png``
 (every metric against training progress, mean and std band per stack) and, for 2-D point data,
-``final_samples.png`` (a grid of final samples, stacks x seeds).
+``final_samples.png`` (a grid of final samples, stacks x seeds), ``panels.png`` (one panel per stack, side by
+side) and ``signals.png`` (D's real-fake logit gap and the plugins' scalars over training).
 """
 from __future__ import annotations
 
@@ -39,8 +40,10 @@ import numpy as np
 
 from ganstack.stylegan_base.errors import GanstackError
 from ganstack.training import launch
+from ganstack.training.ablate_report import (band, clear_winner, column_note, finish_grid, plot_side_by_side,
+                                             plot_training_signals, scatter_cell, secondary_columns, signals_table)
 from ganstack.training.api import ConfigError
-from ganstack.training.snapshots import _pyplot, scatter_on_axis
+from ganstack.training.snapshots import _pyplot
 
 CELL_FILE = "cell.json"
 
@@ -192,7 +195,8 @@ def train_settings(base: dict, assignments=()) -> dict:
             raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY a training option ({allowed}). "
                               f"The seed comes from --seeds.")
         try:
-            out[key] = _coerce(value.strip(), fields[key].default)
+            default = () if "tuple" in str(fields[key].type) else fields[key].default  # Optional[tuple]: betas
+            out[key] = _coerce(value.strip(), default)
         except (ValueError, ConfigError) as exc:
             raise ConfigError(f"--set {text!r}: {exc}") from None
     if isinstance(out.get("metrics"), str):
@@ -449,15 +453,15 @@ def write_markdown(rows, columns, stacks, path: str, title: str, notes: list[str
     agg = aggregate(rows, columns, stacks)
     shown = _shown_columns(columns)
     arrows = {1: " ↑", -1: " ↓", 0: ""}
+    shown = shown + [c for c in secondary_columns(columns) if c not in shown]
     best = {}
     for c in shown:
-        d = column_direction(c)
-        means = [(agg[s.label][c][0], s.label) for s in stacks if c in agg[s.label]]
-        if d and len(means) > 1:
-            target = max(m for m, _ in means) if d > 0 else min(m for m, _ in means)
-            best[c] = {label for m, label in means if m == target}
+        label = clear_winner({s.label: agg[s.label][c] for s in stacks if c in agg[s.label]}, column_direction(c))
+        if label is not None:
+            best[c] = {label}
     lines = [f"# {title}", ""]
-    lines.append("| stack | seeds | " + " | ".join(f"{c}{arrows[column_direction(c)]}" for c in shown) + " |")
+    lines.append("| stack | seeds | " + " | ".join(f"{c}{arrows[column_direction(c)]}" + column_note(c)
+                                                  for c in shown) + " |")
     lines.append("|---|---|" + "---|" * len(shown))
     for s in stacks:
         n_done = sum(1 for r in rows if r["stack"] == s.label and r["status"] == "done")
@@ -468,12 +472,13 @@ def write_markdown(rows, columns, stacks, path: str, title: str, notes: list[str
                 cells.append("–")
                 continue
             mean, std, _ = agg[s.label][c]
-            spread = math.isfinite(std) and column_direction(c) != 0  # nfe: a property of the stack
+            spread = math.isfinite(std) and (column_direction(c) != 0 or column_note(c))  # nfe: fixed
             text = _fmt(mean) + (f" ± {_fmt(std)}" if spread else "")
             cells.append(f"**{text}**" if s.label in best.get(c, ()) else text)
         lines.append(f"| {s.label} | {n_done}/{n_all} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample std over the finished seeds at the final evaluation; the best mean of each "
-                  "column is in bold (↑ higher is better, ↓ lower is better)."]
+    lines += ["", "Mean ± sample std over the finished seeds at the final evaluation (↑ higher is better, ↓ lower "
+                  "is better). A stack is in bold only where it is a clear winner: its mean beats every other "
+                  "stack's by more than the two stacks' standard deviations added (one seed: nothing is marked)."]
     lines += [""] + [f"- {n}" for n in notes]
     failed = [r for r in rows if r["status"] not in ("done",)]
     if failed:
@@ -513,26 +518,10 @@ def plot_curves(cells: list[Cell], stacks: list[StackSpec], columns: list[str], 
             if not common:
                 continue
             vals = np.array([[x[k] for k in common] for x in series])
-            mean = vals.mean(0)
-            color = colors[si % len(colors)]
-            ax.plot(common, mean, label=s.label, color=color, lw=1.5)
-            if len(series) > 1:
-                std = vals.std(0, ddof=1)
-                ax.fill_between(common, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+            band(ax, common, vals, colors[si % len(colors)], s.label)
         d = column_direction(col)
         ax.set_title(col + {1: " (higher is better)", -1: " (lower is better)", 0: ""}[d], fontsize=9)
-        ax.set_xlabel("kimg", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(shown):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 0.96))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_grid(plt, fig, axes, len(shown), title, path)
     return True
 
 
@@ -541,18 +530,13 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
     """Grid of scatter plots (rows: stacks, columns: seeds) of samples from each cell's final checkpoint."""
     import torch
 
-    from ganstack.metrics.registry import draw_samples
-    from ganstack.stylegan_base.datasets import open_dataset
-    from ganstack.training.inference import load_model
-
     plt = _pyplot()
     if plt is None:
         return False
     by_key = {(c.stack.label, c.seed): c for c in cells}
     fig, axes = plt.subplots(len(stacks), len(seeds), figsize=(2.6 * len(seeds) + 1.2, 2.6 * len(stacks)),
                              squeeze=False)
-    reference = centers = None
-    lim = None
+    ref: dict = {}
     for i, s in enumerate(stacks):
         for j, seed in enumerate(seeds):
             ax = axes[i, j]
@@ -563,20 +547,9 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
             if ckpt is None:
                 ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, fontsize=8)
                 continue
-            model = load_model(ckpt, device="cpu")
-            if model.data_info["kind"] != "points":
+            if scatter_cell(ax, ckpt, ref, n) is None:
                 plt.close(fig)
                 return False
-            if reference is None:
-                ds = open_dataset(model.data_info["spec"])
-                idx = np.random.default_rng(0).choice(len(ds), min(len(ds), n), replace=False)
-                reference = np.asarray(ds.get_batch(idx)[0])
-                centers = model.data_info.get("toy", {}).get("centers")
-                centers = None if centers is None else np.asarray(centers)
-                lim = float(np.abs(reference[:, :2]).max()) * 1.25
-            x = draw_samples(model.G, model.stack, n, "cpu", seed=0).numpy()
-            scatter_on_axis(ax, x, reference, centers, lim, size=1.0)
-            del model
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     for j, seed in enumerate(seeds):
         axes[0, j].set_title(f"seed {seed}", fontsize=9)
@@ -602,11 +575,23 @@ def write_reports(outdir: str, cells: list[Cell], stacks: list[StackSpec], seeds
              f"Metrics: {', '.join(settings.get('metrics', ())) or 'none'} (sampled through each stack's sampler; "
              f"nfe = generator evaluations per sample)."]
     text = write_markdown(rows, columns, stacks, paths["md"], title, notes)
+    extra = signals_table(cells, stacks)  # ablate_report: D's logit gap and plugin scalars at the end
+    if extra:
+        with open(paths["md"], "at") as f:
+            f.write(extra)
+        text += extra
     made = []
     if columns and plot_curves(cells, stacks, columns, paths["curves"], title):
         made.append(paths["curves"])
     if plot_final_samples(cells, stacks, seeds, paths["samples"], title):
         made.append(paths["samples"])
+    # The results side (ablate_report): side-by-side panels per stack and D/plugin signals over training.
+    agg = aggregate(rows, columns, stacks)
+    for key, fn in (("panels", lambda p: plot_side_by_side(cells, stacks, seeds, agg, p, title)),
+                    ("signals", lambda p: plot_training_signals(cells, stacks, p, title))):
+        paths[key] = os.path.join(outdir, f"{key}.png")
+        if fn(paths[key]):
+            made.append(paths[key])
     log(text)
     log(f"Wrote {paths['csv']}, {paths['md']}" + (f", {', '.join(made)}" if made else ""))
     return paths
