@@ -167,7 +167,8 @@ def _labels(G, dataset):
 
 @register("toy")
 def toy_metric(G, stack, dataset, device, cfg=None, opts=None, num_samples: int = 2500, **_):
-    """Modes covered, high-quality share, reverse KL over modes and mean distance for 2-D mixtures."""
+    """Modes covered (a mode holds >= 1/4 of its ideal share as high-quality samples), high-quality share,
+    reverse KL over modes, mean distance, and the loose count ``modes_loose`` for 2-D mixtures (``metrics/toy.py``)."""
     from ganstack.metrics.features import ForwardCounter, iter_fakes
     from ganstack.metrics.toy import mixture_metrics
 
@@ -319,13 +320,13 @@ def digits_fid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_
 # ------------------------------------------------------------------------------------------------
 # Direction of each reported number (for tables that mark the best)
 
-_HIGHER = re.compile(r"(^|_)(modes|hq_share|precision|recall|mean|accuracy)$")
+_HIGHER = re.compile(r"(^|_)(modes|modes_covered|hq_share|precision|recall|mean|accuracy)$")
 _LOWER = re.compile(r"(^|_)(kl_modes|kl_uniform|mean_dist)$|^(fid|kid|digits_fid)\d*k?(_full)?$")
 
 
 def direction(key: str) -> int:
     """+1 if a larger value of result ``key`` is better, -1 if smaller is better, 0 if neither (counts, nfe)."""
-    if key in ("nfe", "sec", "num_modes", "num_samples", "num_real") or key.endswith("_std") or key.endswith("sha256"):
+    if key in ("nfe", "sec", "num_modes", "num_samples", "num_real", "modes_loose", "mode_threshold") or key.endswith("_std") or key.endswith("sha256"):
         return 0
     if _LOWER.search(key):
         return -1

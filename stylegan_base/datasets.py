@@ -680,6 +680,10 @@ class PointDataset(Dataset):
     def info(self):
         d = super().info()
         d['point_dim'] = self.point_dim
+        # The data's scale (std over every coordinate of the items used), for options that depend on it.
+        if getattr(self, '_data_std', None) is None:
+            self._data_std = float(np.asarray(self.points, dtype=np.float64).std())
+        d['data_std'] = self._data_std
         d['normalize'] = None if self._normalize is None else dict(
             method=self._normalize, mean=self.norm_mean.tolist(), std=self.norm_std.tolist())
         return d

@@ -22,7 +22,8 @@ Cells run one after another, or ``--jobs N`` at a time (on several GPUs, one pro
 Outputs in ``<outdir>``: ``results.csv`` (one row per cell, final metric values), ``results.md``
 (mean +- std over seeds per stack, the best value of each column in bold), ``metrics_vs_kimg.png``
 (every metric against training progress, mean and std band per stack) and, for 2-D point data,
-``final_samples.png`` (a grid of final samples, stacks x seeds).
+``final_samples.png`` (a grid of final samples, stacks x seeds), ``panels.png`` (one panel per stack, side by
+side) and ``signals.png`` (D's real-fake logit gap and the plugins' scalars over training).
 """
 from __future__ import annotations
 
@@ -43,8 +44,11 @@ import numpy as np
 
 from ganstack.stylegan_base.cli_support import finite_float, int_range
 from ganstack.stylegan_base.errors import GanstackError
+from ganstack.training import launch
+from ganstack.training.ablate_report import (band, clear_winner, column_note, finish_grid, plot_side_by_side,
+                                             plot_training_signals, scatter_cell, secondary_columns, signals_table)
 from ganstack.training.api import ConfigError
-from ganstack.training.snapshots import _pyplot, scatter_on_axis
+from ganstack.training.snapshots import _pyplot
 
 CELL_FILE = "cell.json"
 
@@ -198,7 +202,8 @@ def train_settings(base: dict, assignments=()) -> dict:
             raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY a training option ({allowed}). "
                               f"The seed comes from --seeds.")
         try:
-            out[key] = value.strip() if key == "metrics" else _coerce(value.strip(), fields[key].default)
+            default = () if "tuple" in str(fields[key].type) else fields[key].default  # Optional[tuple]: betas
+            out[key] = value.strip() if key == "metrics" else _coerce(value.strip(), default)
         except (ValueError, ConfigError) as exc:
             raise ConfigError(f"--set {text!r}: {exc}") from None
     if isinstance(out.get("metrics"), str):
@@ -556,15 +561,15 @@ def write_markdown(rows, columns, stacks, path: str, title: str, notes: list[str
     agg = aggregate(rows, columns, stacks)
     shown = _shown_columns(columns)
     arrows = {1: " ↑", -1: " ↓", 0: ""}
+    shown = shown + [c for c in secondary_columns(columns) if c not in shown]
     best = {}
     for c in shown:
-        d = column_direction(c)
-        means = [(agg[s.label][c][0], s.label) for s in stacks if c in agg[s.label]]
-        if d and len(means) > 1:
-            target = max(m for m, _ in means) if d > 0 else min(m for m, _ in means)
-            best[c] = {label for m, label in means if m == target}
+        label = clear_winner({s.label: agg[s.label][c] for s in stacks if c in agg[s.label]}, column_direction(c))
+        if label is not None:
+            best[c] = {label}
     lines = [f"# {title}", ""]
-    lines.append("| stack | seeds | " + " | ".join(f"{c}{arrows[column_direction(c)]}" for c in shown) + " |")
+    lines.append("| stack | seeds | " + " | ".join(f"{c}{arrows[column_direction(c)]}" + column_note(c)
+                                                  for c in shown) + " |")
     lines.append("|---|---|" + "---|" * len(shown))
     for s in stacks:
         n_done = sum(1 for r in rows if r["stack"] == s.label and r["status"] == "done")
@@ -575,12 +580,13 @@ def write_markdown(rows, columns, stacks, path: str, title: str, notes: list[str
                 cells.append("–")
                 continue
             mean, std, _ = agg[s.label][c]
-            spread = math.isfinite(std) and column_direction(c) != 0  # nfe: a property of the stack
+            spread = math.isfinite(std) and (column_direction(c) != 0 or column_note(c))  # nfe: fixed
             text = _fmt(mean) + (f" ± {_fmt(std)}" if spread else "")
             cells.append(f"**{text}**" if s.label in best.get(c, ()) else text)
         lines.append(f"| {s.label} | {n_done}/{n_all} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample std over the finished seeds at the final evaluation; the best mean of each "
-                  "column is in bold (↑ higher is better, ↓ lower is better)."]
+    lines += ["", "Mean ± sample std over the finished seeds at the final evaluation (↑ higher is better, ↓ lower "
+                  "is better). A stack is in bold only where it is a clear winner: its mean beats every other "
+                  "stack's by more than the two stacks' standard deviations added (one seed: nothing is marked)."]
     lines += [""] + [f"- {n}" for n in notes]
     failed = [r for r in rows if r["status"] not in ("done",)]
     if failed:
@@ -620,26 +626,10 @@ def plot_curves(cells: list[Cell], stacks: list[StackSpec], columns: list[str], 
             if not common:
                 continue
             vals = np.array([[x[k] for k in common] for x in series])
-            mean = vals.mean(0)
-            color = colors[si % len(colors)]
-            ax.plot(common, mean, label=s.label, color=color, lw=1.5)
-            if len(series) > 1:
-                std = vals.std(0, ddof=1)
-                ax.fill_between(common, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+            band(ax, common, vals, colors[si % len(colors)], s.label)
         d = column_direction(col)
         ax.set_title(col + {1: " (higher is better)", -1: " (lower is better)", 0: ""}[d], fontsize=9)
-        ax.set_xlabel("kimg", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(shown):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 0.96))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_grid(plt, fig, axes, len(shown), title, path)
     return True
 
 
@@ -648,18 +638,13 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
     """Grid of scatter plots (rows: stacks, columns: seeds) of samples from each cell's final checkpoint."""
     import torch
 
-    from ganstack.metrics.registry import draw_samples
-    from ganstack.stylegan_base.datasets import open_dataset
-    from ganstack.training.inference import load_model
-
     plt = _pyplot()
     if plt is None:
         return False
     by_key = {(c.stack.label, c.seed): c for c in cells}
     fig, axes = plt.subplots(len(stacks), len(seeds), figsize=(2.6 * len(seeds) + 1.2, 2.6 * len(stacks)),
                              squeeze=False)
-    reference = centers = None
-    lim = None
+    ref: dict = {}
     for i, s in enumerate(stacks):
         for j, seed in enumerate(seeds):
             ax = axes[i, j]
@@ -670,20 +655,9 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
             if ckpt is None:
                 ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, fontsize=8)
                 continue
-            model = load_model(ckpt, device="cpu")
-            if model.data_info["kind"] != "points":
+            if scatter_cell(ax, ckpt, ref, n) is None:
                 plt.close(fig)
                 return False
-            if reference is None:
-                ds = open_dataset(model.data_info["spec"])
-                idx = np.random.default_rng(0).choice(len(ds), min(len(ds), n), replace=False)
-                reference = np.asarray(ds.get_batch(idx)[0])
-                centers = model.data_info.get("toy", {}).get("centers")
-                centers = None if centers is None else np.asarray(centers)
-                lim = float(np.abs(reference[:, :2]).max()) * 1.25
-            x = draw_samples(model.G, model.stack, n, "cpu", seed=0).numpy()
-            scatter_on_axis(ax, x, reference, centers, lim, size=1.0)
-            del model
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     for j, seed in enumerate(seeds):
         axes[0, j].set_title(f"seed {seed}", fontsize=9)
@@ -709,11 +683,23 @@ def write_reports(outdir: str, cells: list[Cell], stacks: list[StackSpec], seeds
              f"Metrics: {', '.join(settings.get('metrics', ())) or 'none'} (sampled through each stack's sampler; "
              f"nfe = generator evaluations per sample)."]
     text = write_markdown(rows, columns, stacks, paths["md"], title, notes)
+    extra = signals_table(cells, stacks)  # ablate_report: D's logit gap and plugin scalars at the end
+    if extra:
+        with open(paths["md"], "at") as f:
+            f.write(extra)
+        text += extra
     made = []
     if columns and plot_curves(cells, stacks, columns, paths["curves"], title):
         made.append(paths["curves"])
     if plot_final_samples(cells, stacks, seeds, paths["samples"], title):
         made.append(paths["samples"])
+    # The results side (ablate_report): side-by-side panels per stack and D/plugin signals over training.
+    agg = aggregate(rows, columns, stacks)
+    for key, fn in (("panels", lambda p: plot_side_by_side(cells, stacks, seeds, agg, p, title)),
+                    ("signals", lambda p: plot_training_signals(cells, stacks, p, title))):
+        paths[key] = os.path.join(outdir, f"{key}.png")
+        if fn(paths[key]):
+            made.append(paths[key])
     log(text)
     log(f"Wrote {paths['csv']}, {paths['md']}" + (f", {', '.join(made)}" if made else ""))
     return paths
@@ -744,8 +730,12 @@ def default_snap(settings: dict) -> int:
 
 
 def ablate(outdir: str, stack_specs, seeds, settings: dict, shared_opts=(), sweep=None, jobs: int = 1,
-           devices=None, log=click.echo, dry_run: bool = False) -> dict:
-    """Everything ``ganstack ablate`` does after parsing (also used by the tests)."""
+           devices=None, log=click.echo, dry_run: bool = False, launcher=None) -> dict:
+    """Everything ``ganstack ablate`` does after parsing (also used by the tests).
+
+    ``launcher`` runs the cells (:mod:`ganstack.training.launch`): by default here, ``jobs`` at a time on
+    ``devices``; a ``SlurmCellLauncher`` submits them as a job array instead.
+    """
     from ganstack.stylegan_base.cli_support import check_output_dir
 
     check_output_dir(outdir, "--outdir")
@@ -781,23 +771,31 @@ def ablate(outdir: str, stack_specs, seeds, settings: dict, shared_opts=(), swee
                 dict(stacks=[dict(label=s.label, plugins=s.plugins, options=s.options) for s in stacks],
                      seeds=list(seeds), settings={k: list(v) if isinstance(v, tuple) else v
                                                   for k, v in settings.items()}))
-    errors = run_grid(cells, settings, jobs=jobs, devices=devices, log=log)
+    from ganstack.training.launch import LocalCellLauncher
+    launcher = launcher or LocalCellLauncher(jobs=jobs, devices=devices)
+    errors = launcher.run(cells, settings, outdir, log=log)
     paths = write_reports(outdir, cells, stacks, list(seeds), settings, log=log)
     failed = {k: v for k, v in errors.items() if v}
     if failed:
         log(f"{len(failed)} cell(s) failed; see cell.json in: " + ", ".join(failed))
-    return dict(cells=cells, stacks=stacks, errors=errors, **paths)
+    missing = sum(1 for c in cells if _read_cell(c.dir).get("status") != "done")
+    if missing:
+        log(f"The results cover {len(cells) - missing} of {len(cells)} cells; {missing} missing. "
+            f"`ganstack ablate --status {outdir}` shows them; re-running this command collects finished cells "
+            f"and runs (or resubmits) the rest.")
+    return dict(cells=cells, stacks=stacks, errors=errors, missing=missing, **paths)
 
 
 @click.command("ablate")
-@click.option("--outdir", required=True, help="Folder of the ablation (cells, results.csv/.md, plots).")
+@click.option("--outdir", default=None, help="Folder of the ablation (cells, results.csv/.md, plots).")
 @click.option("--stacks", "stacks_text", default=None,
               help='Stacks separated by ";", e.g. "none;diffusion;diffusion,smart;diffusion,smart,clr".')
 @click.option("--stack", "stack_list", multiple=True, metavar="SPEC",
               help='One stack with its own options, e.g. "diffusion,smart smart.weight=0.1" (repeatable).')
 @click.option("--seeds", default="0-2", show_default=True, help="Seeds, e.g. 0-2 or 0,5,7.")
 @click.option("--data", default="toy:gaussians25", show_default=True, help="Dataset (as for ganstack train).")
-@click.option("--kimg", type=finite_float(0, min_open=True), required=True, help="Training budget of every cell, in kimg.")
+@click.option("--kimg", type=finite_float(0, min_open=True), default=None,
+              help="Training budget of every cell, in kimg (required).")
 @click.option("--cfg", default=None, help="Preset (as for ganstack train) [default: auto].")
 @click.option("--batch", type=int_range(1), default=None, help="Batch size [default: preset].")
 @click.option("--metrics", default=None, help="Metrics at each checkpoint [default: toy for 2-D mixtures].")
@@ -812,12 +810,23 @@ def ablate(outdir: str, stack_specs, seeds, settings: dict, shared_opts=(), swee
 @click.option("--jobs", type=int_range(1, 1024), default=None, help="Cells at a time [default: number of GPUs, else 1].")
 @click.option("--devices", default=None, help="Comma-separated devices for --jobs [default: all GPUs, else cpu].")
 @click.option("--dry-run", is_flag=True, default=False, help="List the cells and exit.")
+@launch.ablate_options
 def ablate_command(outdir, stacks_text, stack_list, seeds, data, kimg, cfg, batch, metrics, snap, tick, shared_opts,
-                   sweep, assignments, jobs, devices, dry_run):
-    """Train stacks x seeds on one budget; write results.csv, results.md and plots. Resumable."""
+                   sweep, assignments, jobs, devices, dry_run, **launch_kw):
+    """Train stacks x seeds on one budget; write results.csv, results.md and plots. Resumable.
+
+    With --launcher slurm the cells are submitted as one SLURM job array (submitit); re-running the same
+    command collects finished cells and resubmits unfinished or failed ones.
+    """
     from ganstack.stylegan_base.cli_support import check_device, parse_seed_list
 
+    if launch_kw.get("status_dir"):
+        launch.print_status(launch_kw["status_dir"])
+        return
+    if not outdir:
+        raise ConfigError("ganstack ablate needs --outdir DIR (the folder of the ablation), or --status DIR.")
     seed_list = parse_seed_list(seeds, "--seeds")
+
     specs = [s for s in (stacks_text or "").split(";") if s.strip()] + list(stack_list)
     if not specs:
         raise ConfigError("Give the stacks to compare: --stacks \"none;diffusion;diffusion,smart\" or --stack SPEC.")
@@ -832,7 +841,7 @@ def ablate_command(outdir, stacks_text, stack_list, seeds, data, kimg, cfg, batc
     if jobs is None:
         jobs = len(dev_list) if dev_list[0].startswith("cuda") else 1
     ablate(outdir, specs, seed_list, settings, shared_opts, sweep, jobs=jobs, devices=dev_list,
-           dry_run=dry_run)
+           dry_run=dry_run, launcher=launch.make_cell_launcher(launch_kw, jobs, dev_list))
 
 
 __all__ = ["ablate", "ablate_command"]

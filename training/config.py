@@ -28,9 +28,11 @@ PRESETS = {
     # hidden layers. Not a StyleGAN2-ADA preset; lr chosen by a small sweep (lr 2e-4/1e-3, Adam betas
     # (0, 0.99)/(0.5, 0.9), z_dim 2/32) on toy:gaussians25, where 1e-3 with StyleGAN's betas covered the
     # most modes; 1000 kimg take about 30 s on a 2-core CPU.
-    "toy":       dict(ref_gpus=1, kimg=1000,   mb=256, mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0),
+    "toy":       dict(ref_gpus=1, kimg=1000,   mb=64,  mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0,
+                      betas=(0.5, 0.999)),
 }
 MAX_BATCH = 1 << 20  # a sanity bound: StyleGAN2-ADA uses 32-64, the 2-D MLP experiments a few hundred
+STYLEGAN2_BETAS = (0.0, 0.99)  # Adam betas of every image preset (StyleGAN2-ADA train.py)
 IMAGE_PRESETS = ("auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar")
 ALL_PRESETS = IMAGE_PRESETS + ("toy",)
 
@@ -54,11 +56,11 @@ class TrainConfig:
     seed: int = 0
     batch: Optional[int] = None
     batch_gpu: Optional[int] = None
-    # optimisation (Adam betas (0, 0.99), eps 1e-8 for StyleGAN2)
+    # optimisation (Adam eps 1e-8; betas from the preset: (0, 0.99) for StyleGAN2's, (0.5, 0.999) for toy)
     glr: Optional[float] = None
     dlr: Optional[float] = None
-    g_betas: tuple = (0.0, 0.99)
-    d_betas: tuple = (0.0, 0.99)
+    g_betas: Optional[tuple] = None
+    d_betas: Optional[tuple] = None
     adam_eps: float = 1e-8
     ema_kimg: Optional[float] = None
     ema_rampup: Optional[float] = None
@@ -180,6 +182,8 @@ def resolve(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> TrainConf
     fill("gamma", spec["gamma"])
     fill("ema_kimg", spec["ema"])
     fill("ema_rampup", spec["ramp"])
+    fill("g_betas", tuple(spec.get("betas", STYLEGAN2_BETAS)))
+    fill("d_betas", tuple(spec.get("betas", STYLEGAN2_BETAS)))
     cfg.ref_gpus = spec["ref_gpus"]
     if kind == "image":
         fill("map_depth", spec["map"])
