@@ -519,3 +519,14 @@ def test_a_metric_line_cut_off_by_a_full_disk_or_a_kill_loses_no_other_result(tm
         f.write('{"metric": "toy", "resu')  # the write that the disk or a SIGKILL cut short
     registry.append_result(str(tmp_path), "toy", {"modes": 24}, snapshot="b.pt", kimg=2.0)
     assert [r["results"]["modes"] for r in registry.read_results(str(tmp_path))] == [25, 24]
+
+
+def test_an_imported_checkpoint_cannot_be_resumed_but_can_seed_a_run(files, tmp_path):
+    ck = torch.load(files["points"], weights_only=True)
+    imported = {k: v for k, v in ck.items() if k not in ("G_opt", "D_opt", "rng", "cur_tick", "batch_idx",
+                                                         "tick_start_nimg")}
+    imported["imported_from"] = {"path": "network-snapshot.pkl"}
+    torch.save(imported, tmp_path / "imported.pt")
+    with pytest.raises(ckpt_io.CheckpointError, match="--init"):
+        ckpt_io.load(str(tmp_path / "imported.pt"))
+    assert "G_ema" in ckpt_io.load(str(tmp_path / "imported.pt"), flag="--init", purpose="weights")

@@ -161,7 +161,8 @@ def load(path: str, map_location="cpu", flag: str = "--resume", purpose: str = "
     """Load and sanity-check a training checkpoint; clear errors for the wrong kind of file.
 
     ``flag`` names the option the path came from in messages. ``purpose`` is ``"resume"`` (every key the
-    loop restores must be there) or ``"sample"`` (the options, plugins and ``networks``).
+    loop restores must be there), ``"sample"`` (the options, plugins and ``networks``) or ``"weights"``
+    (``--init``: at least one of G, D, G_ema).
     """
     path = resolve_resume(path, flag)
     try:
@@ -179,8 +180,17 @@ def load(path: str, map_location="cpu", flag: str = "--resume", purpose: str = "
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(f"{flag} {path!r} was written by a newer ganstack (checkpoint version "
                               f"{version!r} > {VERSION}); upgrade ganstack to read it.")
+    if purpose == "weights":
+        if not any(isinstance(ckpt.get(k), dict) for k in ("G", "D", "G_ema")):
+            raise CheckpointError(f"{flag} {path!r} holds no network weights (G, D or G_ema).")
+        ckpt["path"] = path
+        return ckpt
     wanted = dict(_RESUME_KEYS) if purpose == "resume" else dict(_SAMPLE_KEYS, **{n: dict for n in networks})
     missing = [k for k in wanted if k not in ckpt]
+    if missing and purpose == "resume" and "imported_from" in ckpt:
+        raise CheckpointError(f"{flag} {path!r} was imported from an official pickle ('ganstack import-pkl') and "
+                              f"holds networks only, no optimizer state or counters, so it cannot be resumed. Start a "
+                              f"new run from its weights with --init {path}.")
     wrong = [k for k, t in wanted.items() if k in ckpt and not isinstance(ckpt[k], t)]
     if missing or wrong:
         parts = ([f"it lacks {', '.join(missing)}"] if missing else []) + \
