@@ -566,11 +566,18 @@ class Discriminator(torch.nn.Module):
 # ---------------------------------------------------------------------------
 # Toy MLP backbone (2-D experiments of Diffusion-GAN / SMaRt).
 
-def _mlp(in_dim: int, hidden: int, num_hidden_layers: int) -> torch.nn.Sequential:
+MLP_ACTIVATIONS = {'lrelu': lambda: torch.nn.LeakyReLU(0.2), 'relu': torch.nn.ReLU}
+
+
+def _mlp(in_dim: int, hidden: int, num_hidden_layers: int, activation: str = 'lrelu',
+         batchnorm: bool = False) -> torch.nn.Sequential:
+    if activation not in MLP_ACTIVATIONS:
+        raise ValueError(f'MLP activation must be one of {sorted(MLP_ACTIVATIONS)}, got {activation!r}')
     layers = []
     d = in_dim
     for _ in range(num_hidden_layers):
-        layers += [torch.nn.Linear(d, hidden), torch.nn.LeakyReLU(0.2)]
+        layers += [torch.nn.Linear(d, hidden)] + ([torch.nn.BatchNorm1d(hidden)] if batchnorm else [])
+        layers += [MLP_ACTIVATIONS[activation]()]
         d = hidden
     return torch.nn.Sequential(*layers)
 
@@ -578,9 +585,13 @@ def _mlp(in_dim: int, hidden: int, num_hidden_layers: int) -> torch.nn.Sequentia
 class MLPGenerator(torch.nn.Module):
     """Toy point generator ``z [N, z_dim] (+ c) -> x [N, out_dim]``.
 
-    ``num_hidden_layers`` x ``hidden`` units with LeakyReLU(0.2), then a linear output.
-    Plain ``nn.Linear`` layers with PyTorch's default init (no equalized lr: these
-    nets are trained with ordinary Adam settings). Image-only arguments
+    ``num_hidden_layers`` x ``hidden`` units with LeakyReLU(0.2) (``activation='lrelu'``, the
+    Diffusion-GAN / SMaRt toy MLP) or ReLU, optionally with BatchNorm after each hidden linear
+    layer (``batchnorm=True``: PacGAN / VEEGAN's 2-D generator is 4 x 400 ReLU + BatchNorm), then
+    a linear output. Plain ``nn.Linear`` layers with PyTorch's default init (no equalized lr: these
+    nets are trained with ordinary Adam settings). With BatchNorm, training mode normalises with the
+    batch's statistics and eval mode (G_ema, ``generate``) with the running ones, so a sample
+    does not depend on the rest of its batch at inference. Image-only arguments
     (truncation, style mixing, noise_mode, ...) are accepted and ignored;
     ``return_ws=True`` gives ``(x, None)`` (there is no W space, so path-length
     regularisation does not apply).
@@ -593,7 +604,7 @@ class MLPGenerator(torch.nn.Module):
     w_dim = None
 
     def __init__(self, z_dim: int = 2, c_dim: int = 0, out_dim: int = 2, hidden: int = 128,
-                 num_hidden_layers: int = 2):
+                 num_hidden_layers: int = 2, activation: str = 'lrelu', batchnorm: bool = False):
         super().__init__()
         if z_dim < 1 or c_dim < 0 or out_dim < 1 or hidden < 1 or num_hidden_layers < 1:
             raise ValueError('MLPGenerator needs z_dim, out_dim, hidden, num_hidden_layers >= 1 and c_dim >= 0')
@@ -601,7 +612,7 @@ class MLPGenerator(torch.nn.Module):
         self.c_dim = c_dim
         self.out_dim = out_dim
         self.hidden = hidden
-        self.body = _mlp(z_dim + c_dim, hidden, num_hidden_layers)
+        self.body = _mlp(z_dim + c_dim, hidden, num_hidden_layers, activation, batchnorm)
         self.out = torch.nn.Linear(hidden, out_dim)
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1,

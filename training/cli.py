@@ -134,6 +134,9 @@ TRAIN_OPTIONS = [
     ("--d-architecture", "d_architecture", dict(type=click.Choice(["orig", "skip", "resnet"]), default=None,
                                                 help="D architecture [default: resnet, orig for cifar]")),
     ("--mlp-hidden", "mlp_hidden", dict(type=INT, default=128, show_default=True, help="Hidden width of the MLP (point data).")),
+    ("--mlp-g", "mlp_g", dict(type=click.Choice(["pacgan", "paper"]), default=None,
+                              help="Toy generator: pacgan = 4 x 400 ReLU + BatchNorm, paper = D's LeakyReLU MLP "
+                                   "(--mlp-hidden) [default: pacgan]")),
     ("--cond", "cond", dict(is_flag=True, default=False, help="Train a class-conditional model (needs labels).")),
     ("--mirror", "mirror", dict(is_flag=True, default=False, help="Add x-flipped copies of the images.")),
     ("--max-size", "max_size", dict(type=POSITIVE_INT, default=None, help="Use at most this many dataset items.")),

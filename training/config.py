@@ -24,12 +24,20 @@ PRESETS = {
     "paper512":  dict(ref_gpus=8, kimg=25000,  mb=64, mbstd=8,  fmaps=1,   lrate=0.0025, gamma=0.5,  ema=20,  ramp=None, map=8),
     "paper1024": dict(ref_gpus=8, kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=2,    ema=10,  ramp=None, map=8),
     "stylegan2": dict(ref_gpus=8, kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=8),
-    # The MLP backbone of the 2-D experiments (Diffusion-GAN Sec. 4, SMaRt Sec. 4.2): two 128-unit
-    # hidden layers. Not a StyleGAN2-ADA preset; lr chosen by a small sweep (lr 2e-4/1e-3, Adam betas
-    # (0, 0.99)/(0.5, 0.9), z_dim 2/32) on toy:gaussians25, where 1e-3 with StyleGAN's betas covered the
-    # most modes; 1000 kimg take about 30 s on a 2-core CPU.
+    # The 2-D experiments: D is the MLP of Diffusion-GAN Sec. 4 / SMaRt Sec. 4.2 (two 128-unit LeakyReLU
+    # hidden layers), G PacGAN's 4 x 400 ReLU + BatchNorm (mlp_g, see MLP_GENERATORS). Not a StyleGAN2-ADA
+    # preset; batch 64, lr 1e-3 and Adam betas (0.5, 0.999) chosen on the calibrated toy metric
+    # (README "The toy preset").
     "toy":       dict(ref_gpus=1, kimg=1000,   mb=64,  mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0,
-                      betas=(0.5, 0.999)),
+                      betas=(0.5, 0.999), mlp_g="pacgan"),
+}
+# The toy generator (``--mlp-g``). "paper": mlp_layers x mlp_hidden LeakyReLU(0.2), the same MLP as D
+# (Diffusion-GAN Sec. 4, SMaRt Sec. 4.2). "pacgan": 4 x 400 ReLU + BatchNorm (PacGAN App. / VEEGAN's 2-D
+# generator), the toy preset's: the paper MLP put most samples along the square's border instead of on
+# the modes (benchmarks/toy_rootcause.py, README "The toy preset"). D is always the paper MLP.
+MLP_GENERATORS = {
+    "paper": None,
+    "pacgan": dict(hidden=400, num_hidden_layers=4, activation="relu", batchnorm=True),
 }
 MAX_BATCH = 1 << 20  # a sanity bound: StyleGAN2-ADA uses 32-64, the 2-D MLP experiments a few hundred
 STYLEGAN2_BETAS = (0.0, 0.99)  # Adam betas of every image preset (StyleGAN2-ADA train.py)
@@ -84,6 +92,7 @@ class TrainConfig:
     conv_clamp: Optional[float] = None
     mlp_hidden: int = 128
     mlp_layers: int = 2
+    mlp_g: Optional[str] = None  # point data: "pacgan" (toy preset) or "paper"; see MLP_GENERATORS
     # run control
     tick: Optional[float] = None
     snap: int = 50
@@ -200,6 +209,7 @@ def resolve(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> TrainConf
         fill("pl_weight", 0.0)
         fill("map_depth", 0)
         fill("mbstd_group", 0)
+        fill("mlp_g", spec.get("mlp_g", "paper"))
         fill("tick", 20.0)
     if cfg.image_snap is None:
         cfg.image_snap = cfg.snap
@@ -247,6 +257,8 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
         cfg.batch_gpu = per_gpu
     need(1 <= cfg.batch_gpu <= per_gpu and per_gpu % cfg.batch_gpu == 0,
          f"--batch-gpu {cfg.batch_gpu} must divide the per-GPU batch {per_gpu} (= --batch / GPUs).")
+    need(data_info["kind"] == "image" or cfg.mlp_g in MLP_GENERATORS,
+         f"--mlp-g must be one of {', '.join(MLP_GENERATORS)} (the toy generator), got {cfg.mlp_g!r}.")
     if data_info["kind"] == "image" and cfg.mbstd_group:
         need(cfg.batch_gpu % min(cfg.mbstd_group, cfg.batch_gpu) == 0,
              f"--mbstd-group {cfg.mbstd_group} must divide --batch-gpu {cfg.batch_gpu}.")

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from ganstack.training.api import ConfigError
+from ganstack.training.config import MLP_GENERATORS
 
 
 @dataclass
@@ -57,6 +58,7 @@ def backbone_kwargs(cfg, data_info: dict) -> tuple[dict, dict]:
     else:
         G_kwargs = dict(z_dim=cfg.z_dim, c_dim=c_dim, out_dim=data_info["point_dim"],
                         hidden=cfg.mlp_hidden, num_hidden_layers=cfg.mlp_layers)
+        G_kwargs.update(MLP_GENERATORS.get(getattr(cfg, "mlp_g", None) or "paper") or {})  # evid: --mlp-g
         D_kwargs = dict(c_dim=c_dim, in_dim=data_info["point_dim"],
                         hidden=cfg.mlp_hidden, num_hidden_layers=cfg.mlp_layers)
     return G_kwargs, D_kwargs
