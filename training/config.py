@@ -28,7 +28,7 @@ PRESETS = {
     # hidden layers), G PacGAN's 4 x 400 ReLU + BatchNorm (mlp_g, see MLP_GENERATORS). Not a StyleGAN2-ADA
     # preset; batch 64, lr 1e-3 and Adam betas (0.5, 0.999) chosen on the calibrated toy metric
     # (README "The toy preset").
-    "toy":       dict(ref_gpus=1, kimg=1000,   mb=64,  mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0,
+    "toy":       dict(ref_gpus=1, kimg=750,    mb=64,  mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0,
                       betas=(0.5, 0.999), mlp_g="pacgan"),
 }
 # The toy generator (``--mlp-g``). "paper": mlp_layers x mlp_hidden LeakyReLU(0.2), the same MLP as D
