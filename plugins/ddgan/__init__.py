@@ -223,7 +223,8 @@ class DDGANPlugin(Plugin):
                 channel_base=syn.get("channel_base", 32768), channel_max=syn.get("channel_max", 512),
                 map_depth=kwargs.get("mapping_kwargs", {}).get("num_layers", 3), conv_clamp=syn.get("conv_clamp"))
         return DDGANPointGenerator(z_dim=kwargs["z_dim"], c_dim=kwargs["c_dim"], out_dim=kwargs["out_dim"],
-                                   hidden=kwargs["hidden"], num_hidden_layers=kwargs["num_hidden_layers"])
+                                   # D's MLP size: the toy G kwargs may be PacGAN's (--mlp-g), not DDGAN's
+                                   hidden=cfg.mlp_hidden, num_hidden_layers=cfg.mlp_layers)
 
     @hookimpl
     def build_discriminator(self, kwargs, data_info, cfg):
