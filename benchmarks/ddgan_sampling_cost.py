@@ -48,7 +48,7 @@ def time_sampling(stack, G, n, reps, device, fused):
     c = torch.zeros([n, 0], device=device)
 
     def once():
-        out = stack.first("sampler", G=G, z=z, c=c, ctx=None, G_kwargs=dict(noise_mode="const", fused_modconv=fused))
+        out = stack.hooks.sampler(G=G, z=z, c=c, ctx=None, G_kwargs=dict(noise_mode="const", fused_modconv=fused))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return out
