@@ -366,8 +366,9 @@ class Metrics:
             return
         from ganstack.metrics import registry
         snap = os.path.basename(tr._resume_path)
+        kimg = tr.cur_nimg / 1e3  # snapshot names hold integer kimg: the same name may stand for earlier states
         done = {r.get("metric") for r in registry.read_results(os.path.dirname(tr._resume_path))
-                if r.get("snapshot") == snap}
+                if r.get("snapshot") == snap and r.get("kimg") == kimg}
         missing = [m for m in tr.cfg.metrics if m not in done]
         if missing:
             tr.log(f"Computing the metrics the final snapshot {snap} lacks: {', '.join(missing)}")
@@ -428,7 +429,7 @@ class TrainJob:
                 f"this state was written; the last finite checkpoint is "
                 f"{last if last else '(none: the run diverged before its first snapshot)'}. Lower --glr/--dlr (now "
                 f"{tr.cfg.glr:g}/{tr.cfg.dlr:g}) or raise --gamma and start again, or pass --allow-nonfinite to go on "
-                f"training regardless")
+                f"training regardless.")
 
     def prepare_stop(self) -> None:
         self.tr.stream.close()  # the checkpoint needs no data; a dead worker must not stop it
