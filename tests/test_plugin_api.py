@@ -17,7 +17,6 @@ from conftest import make_trainer, state_equal
 from ganstack.training import checkpoint as ckpt_io
 from ganstack.training.api import Capabilities, DInput, PluginError, hookimpl
 from ganstack.training.api import PhaseContext
-from ganstack.training.plugin_manager import PluginStack
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -110,6 +109,19 @@ def test_readme_example_package_installs_trains_resumes_and_samples(tmp_path):
     r = ganstack("generate", "--network", str(run), "--n", "50", "--out", str(tmp_path / "x.npy"))
     assert r.returncode == 0, r.stderr
     assert "plugin 'energy' (from ganstack-energy 0.1.0)" in r.stderr and "not installed" in r.stderr
+
+
+def test_readme_snippet_replaces_G_runs_at_start_and_sets_a_schedule(capsys):
+    body = re.search(r"<!-- example-snippet: replace-g -->\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    ns: dict = {}
+    exec(compile(body, "README.md:replace-g", "exec"), ns)
+    tr = make_trainer(["lin", "clr", "smart"], {"smart": {"score": "analytic"}}, extra_plugins={"lin": ns["Linear"]},
+                      kimg=0.32)
+    assert type(tr.G).__name__ == "LinearG" and set(tr.optim.schedules) == {"G", "D"}
+    assert "2048 points on cpu; G has" in capsys.readouterr().out
+    for _ in range(10):
+        tr.step()
+    assert tr.G_opt.param_groups[0]["lr"] == pytest.approx(1e-5)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 resume checks, leftovers of killed runs, and snapshot names."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -7,7 +7,6 @@ Every plugin option becomes a flag ``--<plugin>-<option>`` of ``train``.
 from __future__ import annotations
 
 import importlib.metadata as importlib_metadata
-import json
 import os
 import re
 import sys
@@ -16,7 +15,7 @@ from typing import Optional
 
 import click
 
-from ganstack.stylegan_base.errors import CheckpointError, GanstackError
+from ganstack.stylegan_base.errors import GanstackError
 from ganstack.training.api import ConfigError, PluginError
 from ganstack.training.config import ALL_PRESETS, TrainConfig
 from ganstack.training.plugin_manager import (CORE_NAME, declared_capabilities, discover, hook_names, load_plugin,

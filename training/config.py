@@ -8,8 +8,7 @@ change options in their ``configure`` hook, but only those the user did not set
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from ganstack.training.api import ConfigError
@@ -42,11 +41,7 @@ class TrainConfig(RunOptions):
     ``None`` means "take it from the preset".
     """
 
-    # data
-    data: str = "toy:gaussians25"
-    cond: bool = False
-    mirror: bool = False
-    max_size: Optional[int] = None
+    # data: data, cond, mirror, max_size (RunOptions)
     # preset and length
     cfg: str = "auto"
     kimg: Optional[float] = None

@@ -30,7 +30,7 @@ from ganstack.training.data import RealStream
 from ganstack.training.loss import GANLoss
 from ganstack.training.nets import build_networks, ema_beta, update_ema
 from ganstack.training.optim import Optimizers, base_reg_intervals, lazy_mb_ratio
-from ganstack.training.run import (RunLoop, StatsWriter, StopSignals, dataset_identity, format_status, format_time,
+from ganstack.training.run import (Job, RunLoop, StopSignals, dataset_identity, format_status, format_time,
                                    tick_fields, tick_record)
 from ganstack.training.snapshots import grid_shape, save_image_grid, save_scatter_panels
 from ganstack.training.stats import StatCollector
@@ -375,24 +375,11 @@ class Metrics:
             self.run(missing)
 
 
-class TrainJob:
+class TrainJob(Job):
     """What the run loop drives for ``ganstack train``: ticks, pictures, checkpoints, metrics, divergence."""
 
     def __init__(self, trainer: Trainer):
-        self.tr = trainer
-        self.writer = StatsWriter(trainer.run_dir if trainer.rank == 0 else None, trainer.cfg.tensorboard)
-        self.total_nimg = trainer.cfg.total_nimg
-        self.tick_kimg = trainer.cfg.tick
-        self.snap = trainer.cfg.snap
-        self.device = trainer.device
-        self.allow_nonfinite = bool(trainer.cfg.allow_nonfinite)
-
-    # the counters live in the trainer (its checkpoints hold them)
-    cur_nimg = property(lambda self: self.tr.cur_nimg)
-    steps_done = property(lambda self: self.tr.batch_idx)
-    cur_tick = property(lambda self: self.tr.cur_tick, lambda self, v: setattr(self.tr, "cur_tick", v))
-    tick_start_nimg = property(lambda self: self.tr.tick_start_nimg,
-                               lambda self, v: setattr(self.tr, "tick_start_nimg", v))
+        super().__init__(trainer, trainer.cfg, trainer.run_dir if trainer.rank == 0 else None)
 
     def nothing_to_do(self) -> None:
         self.tr.metrics.finish_interrupted()
@@ -401,9 +388,6 @@ class TrainJob:
         if self.tr.cur_nimg == 0:
             self.tr.pictures.save_reals()
             self.tr.pictures.save("fakes_init")
-
-    def step(self) -> None:
-        self.tr.step()
 
     def end_tick(self, fields: dict):
         tr = self.tr
@@ -431,9 +415,6 @@ class TrainJob:
                 f"{tr.cfg.glr:g}/{tr.cfg.dlr:g}) or raise --gamma and start again, or pass --allow-nonfinite to go on "
                 f"training regardless.")
 
-    def prepare_stop(self) -> None:
-        self.tr.stream.close()  # the checkpoint needs no data; a dead worker must not stop it
-
     def after_tick(self, finished_tick: int, snapshot: bool, final: bool, stopping: bool, finite: bool) -> None:
         tr = self.tr
         if final or finished_tick % tr.cfg.image_snap == 0:
@@ -453,9 +434,6 @@ class TrainJob:
                 raise
             self.tr.stream.close()
             return self.tr.checkpoints.save(finite)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 # Re-exported for code that imported them from here.

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Optional
 
 from ganstack.stylegan_base.errors import CheckpointError
 
 
 @dataclass
 class RunOptions:
-    """Base of the option records saved in checkpoints. Subclasses are dataclasses whose fields all have
-    defaults; ``TUPLE_FIELDS`` are stored as lists and restored as tuples."""
+    """Base of the option records saved in checkpoints, with the data options both commands share (``--data``,
+    ``--cond``, ``--mirror``, ``--max-size``). Subclasses are dataclasses whose fields all have defaults;
+    ``TUPLE_FIELDS`` are stored as lists and restored as tuples."""
 
     _user_set: set = field(default_factory=set, repr=False, compare=False)
+    # the data, as both commands take it
+    data: str = "toy:gaussians25"
+    cond: bool = False
+    mirror: bool = False
+    max_size: Optional[int] = None
 
     TUPLE_FIELDS = ()
     WHAT = "training options"

@@ -340,14 +340,48 @@ class StatsWriter:
 # ------------------------------------------------------------------------------------------------
 # The tick loop
 
+class Job:
+    """Base of what :class:`RunLoop` drives: the counters live in the trainer ``tr`` (its checkpoints hold them);
+    subclasses add the tick's statistics, the divergence check and what a tick writes."""
+
+    steps_attr = "batch_idx"  # the trainer's count of training steps
+
+    def __init__(self, trainer, cfg, run_dir: Optional[str]):
+        self.tr = trainer
+        self.writer = StatsWriter(run_dir, bool(getattr(cfg, "tensorboard", False)))
+        self.total_nimg = cfg.total_nimg
+        self.tick_kimg = cfg.tick
+        self.snap = cfg.snap
+        self.device = trainer.device
+        self.allow_nonfinite = bool(cfg.allow_nonfinite)
+
+    cur_nimg = property(lambda self: self.tr.cur_nimg)
+    steps_done = property(lambda self: getattr(self.tr, self.steps_attr))
+    cur_tick = property(lambda self: self.tr.cur_tick, lambda self, v: setattr(self.tr, "cur_tick", v))
+    tick_start_nimg = property(lambda self: self.tr.tick_start_nimg,
+                               lambda self, v: setattr(self.tr, "tick_start_nimg", v))
+
+    def nothing_to_do(self) -> None:
+        pass
+
+    def begin(self) -> None:
+        pass
+
+    def step(self) -> None:
+        self.tr.step()
+
+    def prepare_stop(self) -> None:
+        self.tr.stream.close()  # the checkpoint needs no data; a dead worker must not stop it
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class RunLoop:
     """Steps a job to its budget with StyleGAN2-ADA's tick/snapshot rhythm; used by ``train`` and ``train-score``.
 
-    The job provides ``cur_nimg``, ``total_nimg``, ``cur_tick``, ``tick_start_nimg``, ``tick_kimg``, ``snap``,
-    ``device``, ``allow_nonfinite``, ``steps_done`` and the methods ``begin()``, ``step()``,
-    ``end_tick(fields) -> (status values, record)``, ``diverged(record) -> message or None``,
-    ``after_tick(finished_tick, snapshot, final, stopping, finite)``, ``prepare_stop()``, ``nothing_to_do()`` and
-    ``close()``. One stop path: a signal, the budget or divergence; the first two end with a checkpoint.
+    The job (a :class:`Job`) adds ``end_tick(fields) -> (status values, record)``, ``diverged(record) -> message
+    or None`` and ``after_tick(finished_tick, snapshot, final, stopping, finite)``. One stop path: a signal, the budget or divergence; the first two end with a checkpoint.
     """
 
     def __init__(self, job, log: Callable[[str], None], what: str = "Training"):

@@ -14,7 +14,6 @@ checkpoint or another file given instead, a model of another resolution) are
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch

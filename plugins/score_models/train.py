@@ -31,7 +31,7 @@ from ganstack.training import checkpoint as ckpt_io
 from ganstack.training.api import ConfigError
 from ganstack.training.data import RealStream
 from ganstack.training.options import RunOptions
-from ganstack.training.run import (RunLog, RunLoop, StatsWriter, check_same_dataset, clean_stale_temp,
+from ganstack.training.run import (Job, RunLog, RunLoop, check_same_dataset, clean_stale_temp,
                                    dataset_identity, merge_resume as merge_options, new_run_dir, resume_data_spec,
                                    tick_record)
 
@@ -45,10 +45,7 @@ class ScoreTrainConfig(RunOptions):
 
     WHAT = "score-training options"
 
-    data: str = "toy:gaussians25"
-    cond: bool = False
-    mirror: bool = False
-    max_size: Optional[int] = None
+    # data, cond, mirror, max_size: RunOptions
     kimg: float = 200.0
     batch: Optional[int] = None          # 64 for images, 256 for points
     lr: float = 1e-3                     # EDM's DDPM++ CIFAR-10 learning rate
@@ -275,33 +272,13 @@ class ScoreTrainer:
         RunLoop(ScoreJob(self), self.log, what="Training the score model").run()
 
 
-class ScoreJob:
+class ScoreJob(Job):
     """What the run loop drives for ``train-score``: the status line (loss, lr), checkpoints, pictures."""
 
+    steps_attr = "steps_done"
+
     def __init__(self, trainer: ScoreTrainer):
-        self.tr = trainer
-        self.writer = StatsWriter(trainer.run_dir)
-        cfg = trainer.cfg
-        self.total_nimg = cfg.total_nimg
-        self.tick_kimg = cfg.tick
-        self.snap = cfg.snap
-        self.device = trainer.device
-        self.allow_nonfinite = bool(cfg.allow_nonfinite)
-
-    cur_nimg = property(lambda self: self.tr.cur_nimg)
-    steps_done = property(lambda self: self.tr.steps_done)
-    cur_tick = property(lambda self: self.tr.cur_tick, lambda self, v: setattr(self.tr, "cur_tick", v))
-    tick_start_nimg = property(lambda self: self.tr.tick_start_nimg,
-                               lambda self, v: setattr(self.tr, "tick_start_nimg", v))
-
-    def nothing_to_do(self) -> None:
-        pass
-
-    def begin(self) -> None:
-        pass
-
-    def step(self) -> None:
-        self.tr.step()
+        super().__init__(trainer, trainer.cfg, trainer.run_dir)
 
     def end_tick(self, fields: dict):
         tr = self.tr
@@ -325,9 +302,6 @@ class ScoreJob:
                 + f"). No checkpoint of this state was written; the last finite checkpoint is "
                 f"{last or '(none)'}. Lower --lr (now {tr.cfg.lr:g}), or pass --allow-nonfinite to go on regardless")
 
-    def prepare_stop(self) -> None:
-        self.tr.stream.close()
-
     def after_tick(self, finished_tick: int, snapshot: bool, final: bool, stopping: bool, finite: bool) -> None:
         tr = self.tr
         if snapshot:
@@ -336,9 +310,6 @@ class ScoreJob:
                 tr.log(f"  checkpoint: {path}")
             if not stopping and (finished_tick > 0 or final):
                 tr.save_pictures(f"samples{ckpt_io.kimg_tag(tr.cur_nimg)}")
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def _flag(name: str) -> str:
