@@ -117,38 +117,32 @@ def test_a_diverged_run_stops_with_an_error_and_keeps_the_last_finite_checkpoint
     assert ckpt_io.list_snapshots(run) == []  # no non-finite checkpoint was written
     assert "Error: Training diverged" in open(os.path.join(run, "log.txt")).read()
     # A finite checkpoint first, then divergence: it is kept (never pruned in favour of a non-finite state).
-    tr = make_trainer([], run_dir=str(tmp_path / "b"), kimg=2, tick=0.25, snap=1, keep=1)
-    os.makedirs(tmp_path / "b")
+    from ganstack.training.run import TrainingDiverged
+    with pytest.raises(TrainingDiverged, match=r"non-finite.*last finite checkpoint is .*network-snapshot-000000.pt"):
+        _poisoned_after(640, run_dir=str(tmp_path / "b")).run()
+    snaps = ckpt_io.list_snapshots(str(tmp_path / "b"))
+    assert len(snaps) == 1 and torch.isfinite(ckpt_io.load(snaps[0])["G"]["out.weight"]).all()
+    # --allow-nonfinite trains on; the last finite snapshot stays beside the non-finite state.
+    _poisoned_after(640, run_dir=str(tmp_path / "c"), allow_nonfinite=True).run()
+    names = sorted(os.listdir(tmp_path / "c"))
+    assert "network-snapshot-000000.pt" in names and "network-snapshot-000002-nonfinite.pt" in names
+    assert ckpt_io.resolve_resume(str(tmp_path / "c")).endswith("network-snapshot-000000.pt")
+
+
+def _poisoned_after(nimg: int, run_dir: str, **kw):
+    """A toy trainer whose G weights turn NaN once ``nimg`` images have been seen."""
+    os.makedirs(run_dir)
+    tr = make_trainer([], run_dir=run_dir, kimg=2, tick=0.25, snap=1, keep=1, **kw)
     real_step = tr.step
 
     def poisoned():
         out = real_step()
-        if tr.cur_nimg >= 640:
+        if tr.cur_nimg >= nimg:
             with torch.no_grad():
                 next(tr.G.parameters()).fill_(float("nan"))
         return out
     tr.step = poisoned
-    from ganstack.training.run import TrainingDiverged
-    with pytest.raises(TrainingDiverged, match=r"non-finite.*last finite checkpoint is .*network-snapshot-000000.pt"):
-        tr.run()
-    snaps = ckpt_io.list_snapshots(str(tmp_path / "b"))
-    assert len(snaps) == 1 and torch.isfinite(ckpt_io.load(snaps[0])["G"]["out.weight"]).all()
-    # --allow-nonfinite trains on; the last finite snapshot stays beside the non-finite state.
-    tr = make_trainer([], run_dir=str(tmp_path / "c"), kimg=2, tick=0.25, snap=1, keep=1, allow_nonfinite=True)
-    os.makedirs(tmp_path / "c")
-    real_step2 = tr.step
-
-    def poisoned2():
-        out = real_step2()
-        if tr.cur_nimg >= 640:
-            with torch.no_grad():
-                next(tr.G.parameters()).fill_(float("nan"))
-        return out
-    tr.step = poisoned2
-    tr.run()
-    names = sorted(os.listdir(tmp_path / "c"))
-    assert "network-snapshot-000000.pt" in names and "network-snapshot-000002-nonfinite.pt" in names
-    assert ckpt_io.resolve_resume(str(tmp_path / "c")).endswith("network-snapshot-000000.pt")
+    return tr
 
 
 # -------------------------------------------------------------------------------------------------
