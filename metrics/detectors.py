@@ -39,6 +39,7 @@ from typing import Optional
 import torch
 
 from ganstack.stylegan_base.errors import GanstackError
+from ganstack.stylegan_base.progress import progress
 
 
 class DetectorError(GanstackError):
@@ -126,7 +127,13 @@ def _download(url: str, dest_dir: str) -> str:
     fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=ext, dir=dest_dir)
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 - user-given URL
-            shutil.copyfileobj(r, f)
+            size = r.headers.get("Content-Length") if getattr(r, "headers", None) is not None else None
+            name = os.path.basename(urllib.parse.urlparse(url).path) or url
+            with progress(total=int(size) if size and size.isdigit() else None, desc=f"downloading {name}",
+                          unit="B") as bar:
+                for chunk in iter(lambda: r.read(1 << 20), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
     except Exception as exc:
         os.remove(tmp)
         raise DetectorError(f"Could not download {url} ({type(exc).__name__}: {exc}). Download it by hand and "

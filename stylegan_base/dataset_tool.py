@@ -42,10 +42,10 @@ import click
 import numpy as np
 
 from .errors import DatasetError, GanstackError
+from .progress import progress as progress_counter
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif', '.tif', '.tiff')
 TRANSFORMS = ('none', 'center-crop', 'center-crop-wide')
-PROGRESS_EVERY = 1000
 
 
 def _is_pow2(n):
@@ -495,7 +495,8 @@ def convert_dataset(source, dest, *, resolution=None, transform='none', max_imag
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     tmp = f'{dest}.tmp-{os.getpid()}'
     try:
-        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as zf:
+        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as zf, \
+                progress_counter(total=total, desc='dataset convert', unit='img') as bar:
             for idx, (name, img, label) in enumerate(itertools.islice(src.items(), total)):
                 if img.ndim == 2:
                     img = img[:, :, None]
@@ -525,8 +526,8 @@ def convert_dataset(source, dest, *, resolution=None, transform='none', max_imag
                 zf.writestr(fname, _encode_png(np.ascontiguousarray(img)))
                 fnames.append(fname)
                 labels.append(label)
-                if progress and (idx + 1) % PROGRESS_EVERY == 0 and idx + 1 < total:
-                    click.echo(f'dataset convert: {idx + 1}/{total} images', err=True)
+                if progress:
+                    bar.update(1)
             has_labels = bool(labels) and all(lab is not None for lab in labels)
             meta = {'labels': [[f, lab] for f, lab in zip(fnames, labels)] if has_labels else None,
                     'source': src.description}

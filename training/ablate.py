@@ -38,6 +38,7 @@ import click
 import numpy as np
 
 from ganstack.stylegan_base.errors import GanstackError
+from ganstack.training import launch
 from ganstack.training.api import ConfigError
 from ganstack.training.snapshots import _pyplot, scatter_on_axis
 
@@ -636,8 +637,12 @@ def default_snap(settings: dict) -> int:
 
 
 def ablate(outdir: str, stack_specs, seeds, settings: dict, shared_opts=(), sweep=None, jobs: int = 1,
-           devices=None, log=click.echo, dry_run: bool = False) -> dict:
-    """Everything ``ganstack ablate`` does after parsing (also used by the tests)."""
+           devices=None, log=click.echo, dry_run: bool = False, launcher=None) -> dict:
+    """Everything ``ganstack ablate`` does after parsing (also used by the tests).
+
+    ``launcher`` runs the cells (:mod:`ganstack.training.launch`): by default here, ``jobs`` at a time on
+    ``devices``; a ``SlurmCellLauncher`` submits them as a job array instead.
+    """
     stacks = build_stacks(stack_specs, shared_opts, sweep)
     if "kimg" not in settings:
         raise ConfigError("ganstack ablate needs one shared budget: --kimg N.")
@@ -665,23 +670,30 @@ def ablate(outdir: str, stack_specs, seeds, settings: dict, shared_opts=(), swee
         log(f"  {s.label}")
     if dry_run:
         return dict(cells=cells, stacks=stacks)
-    errors = run_grid(cells, settings, jobs=jobs, devices=devices, log=log)
+    from ganstack.training.launch import LocalCellLauncher
+    launcher = launcher or LocalCellLauncher(jobs=jobs, devices=devices)
+    errors = launcher.run(cells, settings, outdir, log=log)
     paths = write_reports(outdir, cells, stacks, list(seeds), settings, log=log)
     failed = {k: v for k, v in errors.items() if v}
     if failed:
         log(f"{len(failed)} cell(s) failed; see cell.json in: " + ", ".join(failed))
-    return dict(cells=cells, stacks=stacks, errors=errors, **paths)
+    missing = sum(1 for c in cells if _read_cell(c.dir).get("status") != "done")
+    if missing:
+        log(f"The results cover {len(cells) - missing} of {len(cells)} cells; {missing} missing. "
+            f"`ganstack ablate --status {outdir}` shows them; re-running this command collects finished cells "
+            f"and runs (or resubmits) the rest.")
+    return dict(cells=cells, stacks=stacks, errors=errors, missing=missing, **paths)
 
 
 @click.command("ablate")
-@click.option("--outdir", required=True, help="Folder of the ablation (cells, results.csv/.md, plots).")
+@click.option("--outdir", default=None, help="Folder of the ablation (cells, results.csv/.md, plots).")
 @click.option("--stacks", "stacks_text", default=None,
               help='Stacks separated by ";", e.g. "none;diffusion;diffusion,smart;diffusion,smart,clr".')
 @click.option("--stack", "stack_list", multiple=True, metavar="SPEC",
               help='One stack with its own options, e.g. "diffusion,smart smart.weight=0.1" (repeatable).')
 @click.option("--seeds", default="0-2", show_default=True, help="Seeds, e.g. 0-2 or 0,5,7.")
 @click.option("--data", default="toy:gaussians25", show_default=True, help="Dataset (as for ganstack train).")
-@click.option("--kimg", type=float, required=True, help="Training budget of every cell, in kimg.")
+@click.option("--kimg", type=float, default=None, help="Training budget of every cell, in kimg (required).")
 @click.option("--cfg", default=None, help="Preset (as for ganstack train) [default: auto].")
 @click.option("--batch", type=int, default=None, help="Batch size [default: preset].")
 @click.option("--metrics", default=None, help="Metrics at each checkpoint [default: toy for 2-D mixtures].")
@@ -696,10 +708,21 @@ def ablate(outdir: str, stack_specs, seeds, settings: dict, shared_opts=(), swee
 @click.option("--jobs", type=int, default=None, help="Cells at a time [default: number of GPUs, else 1].")
 @click.option("--devices", default=None, help="Comma-separated devices for --jobs [default: all GPUs, else cpu].")
 @click.option("--dry-run", is_flag=True, default=False, help="List the cells and exit.")
+@launch.ablate_options
 def ablate_command(outdir, stacks_text, stack_list, seeds, data, kimg, cfg, batch, metrics, snap, tick, shared_opts,
-                   sweep, assignments, jobs, devices, dry_run):
-    """Train stacks x seeds on one budget; write results.csv, results.md and plots. Resumable."""
+                   sweep, assignments, jobs, devices, dry_run, **launch_kw):
+    """Train stacks x seeds on one budget; write results.csv, results.md and plots. Resumable.
+
+    With --launcher slurm the cells are submitted as one SLURM job array (submitit); re-running the same
+    command collects finished cells and resubmits unfinished or failed ones.
+    """
     from ganstack.training.cli import parse_range
+
+    if launch_kw.get("status_dir"):
+        launch.print_status(launch_kw["status_dir"])
+        return
+    if not outdir:
+        raise ConfigError("ganstack ablate needs --outdir DIR (the folder of the ablation), or --status DIR.")
 
     specs = [s for s in (stacks_text or "").split(";") if s.strip()] + list(stack_list)
     if not specs:
@@ -712,7 +735,7 @@ def ablate_command(outdir, stacks_text, stack_list, seeds, data, kimg, cfg, batc
     if jobs is None:
         jobs = len(dev_list) if dev_list[0].startswith("cuda") else 1
     ablate(outdir, specs, parse_range(seeds), settings, shared_opts, sweep, jobs=jobs, devices=dev_list,
-           dry_run=dry_run)
+           dry_run=dry_run, launcher=launch.make_cell_launcher(launch_kw, jobs, dev_list))
 
 
 __all__ = ["ablate", "ablate_command"]

@@ -185,6 +185,8 @@ def make_train_command(schemas: dict) -> click.Command:
                           "at another path)."),
         click.Option(["--dry-run"], is_flag=True, default=False, help="Check the options, print them, and exit."),
     ]
+    from ganstack.training import launch  # --gpus, --nodes, --launcher slurm (launch.py)
+    params += launch.train_click_options()
     for plugin, schema in schemas.items():
         for opt in schema:
             default = "unset" if opt.default is None else opt.default
@@ -194,6 +196,8 @@ def make_train_command(schemas: dict) -> click.Command:
 
     def callback(**kwargs):
         ctx = click.get_current_context()
+        if launch.wants_launch(kwargs):  # other processes train: torch.distributed.run or a SLURM job
+            return launch.launch_train(ctx, kwargs)
         cfg, _ = _config_from_cli(ctx, kwargs)
         options = _plugin_options_from_cli(kwargs, schemas)
         names = kwargs["plugins"]
