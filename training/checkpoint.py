@@ -128,6 +128,21 @@ def prune_snapshots(run_dir: str, keep: int, prefix: str = SNAPSHOT_PREFIX, prot
         os.remove(old)
 
 
+def write_snapshot(data: dict, run_dir: str, cur_nimg: int, keep: int, prefix: str = SNAPSHOT_PREFIX,
+                   finite: bool = True, last_finite: Optional[str] = None, save=None) -> tuple[str, Optional[str]]:
+    """Write a snapshot atomically and prune old ones, never the last finite one.
+
+    Returns ``(path, last_finite)``: the file written and the newest finite snapshot after this one. ``save``
+    writes the file (default :func:`atomic_save`; train-score adds its format tag).
+    """
+    path = snapshot_path(run_dir, cur_nimg, prefix, finite=finite)
+    (save or atomic_save)(data, path)
+    if finite:
+        last_finite = path
+    prune_snapshots(run_dir, keep, prefix, protect=[last_finite])
+    return path, last_finite
+
+
 def resolve_snapshot(path: str, prefix: str = SNAPSHOT_PREFIX, what: str = "--resume",
                      hint: str = "Give a network-snapshot-*.pt file or a run folder.") -> str:
     """A checkpoint file, or the newest snapshot in a run folder (``train`` and ``train-score`` alike).

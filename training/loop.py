@@ -305,11 +305,8 @@ class TrainerCheckpoint:
         data = self.to_dict()
         if tr.rank != 0 or tr.run_dir is None:
             return None
-        path = ckpt_io.snapshot_path(tr.run_dir, tr.cur_nimg, finite=finite)
-        ckpt_io.atomic_save(data, path)
-        if finite:
-            self.last_finite = path
-        ckpt_io.prune_snapshots(tr.run_dir, tr.cfg.keep, protect=[self.last_finite])
+        path, self.last_finite = ckpt_io.write_snapshot(data, tr.run_dir, tr.cur_nimg, tr.cfg.keep, finite=finite,
+                                                        last_finite=self.last_finite)
         return path
 
     def load(self, ckpt: dict) -> None:

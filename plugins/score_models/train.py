@@ -210,11 +210,9 @@ class ScoreTrainer:
     def save_checkpoint(self, finite: bool = True) -> Optional[str]:
         if self.run_dir is None:
             return None
-        path = ckpt_io.snapshot_path(self.run_dir, self.cur_nimg, score_io.SNAPSHOT_PREFIX, finite=finite)
-        score_io.save_checkpoint(self.checkpoint_dict(), path)
-        if finite:
-            self.last_finite = path
-        ckpt_io.prune_snapshots(self.run_dir, self.cfg.keep, score_io.SNAPSHOT_PREFIX, protect=[self.last_finite])
+        path, self.last_finite = ckpt_io.write_snapshot(self.checkpoint_dict(), self.run_dir, self.cur_nimg,
+                                                        self.cfg.keep, score_io.SNAPSHOT_PREFIX, finite=finite,
+                                                        last_finite=self.last_finite, save=score_io.save_checkpoint)
         return path
 
     def _load(self, ckpt: dict) -> None:
