@@ -84,7 +84,7 @@ def run(data, names, options, kimg, seed, eval_kimg, train_overrides, num_sample
             final = tr.cur_nimg >= cfg.total_nimg
             fake = draw_samples(tr.G_ema, stack, num_samples, "cpu").numpy()  # same count at every eval
             m = mixture_metrics(fake, centers, std)
-            point = dict(kimg=tr.cur_nimg / 1000, modes=m["modes"], hq_share=m["hq_share"], kl_modes=m["kl_modes"])
+            point = dict(kimg=tr.cur_nimg / 1000, modes=m["modes_covered"], hq_share=m["hq_share"], kl_modes=m["kl_modes"])
             if "clr" in names:
                 point.update(clr_errors(tr, reals, z))
             curve.append(point)

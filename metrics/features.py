@@ -158,7 +158,11 @@ def real_stats(dataset, extractor: Callable[[torch.Tensor], torch.Tensor], extra
     options = dict(max_items=n, capture_all=capture_all, capture_mean_cov=capture_mean_cov)
     path = stats_cache_path(dataset, extractor_name, extractor_id, options, cache_dir)
     if cache and os.path.isfile(path):
-        return FeatureStats.load(path)
+        try:
+            return FeatureStats.load(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged cache file is only a recomputation
+            if log:
+                log(f"  the cached statistics {path} are damaged ({type(exc).__name__}); recomputing them")
     if log:
         log(f"  computing {extractor_name} features of {n} real images of {dataset.spec} (cached afterwards)")
     stats = FeatureStats(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=n)
@@ -167,7 +171,7 @@ def real_stats(dataset, extractor: Callable[[torch.Tensor], torch.Tensor], extra
             x, _ = dataset.get_batch(np.arange(i, min(i + batch, n)))
             stats.append(extractor(x.to(device)))
             bar.update(x.shape[0])
-    if cache:
+    if cache and stats.num_items:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.npz"
         stats.save(tmp)

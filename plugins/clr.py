@@ -75,7 +75,9 @@ class CLRPlugin(Plugin):
                    "weight of the reconstruction term Dist(G(phi(D_in(x))), x) in G's loss "
                    "(paper Sec. 4.1 and Table 3; official loss.py)", min=0.0),
             Option("dist", str, "l1",
-                   "distance: l1 (paper Eq. 6 and 8) or mse (the official code); elementwise means",
+                   "distance: l1 (paper Eq. 6 and 8; the default, measured: on toy:gaussians25 at 1000 kimg, 3 seeds, "
+                   "l1 kept a high-quality share of 0.574 +- 0.025 against mse's 0.536 +- 0.001, README Evidence) or "
+                   "mse (the official code, for which lambda1 5 / lambda2 0.5 were tuned); elementwise means",
                    choices=["l1", "mse"]),
             Option("target", str, "z",
                    "latent the head predicts: z (paper and official code) or w (StyleGAN's intermediate "

@@ -187,8 +187,19 @@ def test_g_loss_is_lambda_times_the_cd_distance_and_flows_into_theta_only():
     terms = plugin.g_loss(ctx, fakes)
     x_lo = ode_step(plugin.teacher.denoise, s["x_hi"], grid[k + 1], grid[k], solver="heun")
     direct = (tr.G(s["x_hi"], grid[k + 1]) - plugin.target(x_lo, grid[k])).square().sum(1)  # default cd_norm sum
-    lam = torch.exp(0.025 * (grid[k].double() - 80.0) * (1 - 0.99995 ** 20000)).float()
+    # Eq. 6 with t in units of sigma_max / 80: the toy's grid is scaled to its data (std / 0.5).
+    unit = float(grid[-1]) / 80.0
+    assert unit == pytest.approx(tr.dataset.info()["data_std"] / 0.5) and float(grid[0]) == pytest.approx(0.002 * unit)
+    lam = torch.exp(0.025 * (grid[k].double() / unit - 80.0) * (1 - 0.99995 ** 20000)).float()
     torch.testing.assert_close(terms["cd"], lam * direct, rtol=1e-5, atol=1e-7)
+    # With sigma_max given as 80 the weighting is Eq. 6 as printed.
+    fixed = make_trainer(["cmgan"], {"cmgan": {"teacher": "analytic", "sigma_max": 80.0, "sigma_min": 0.002}})
+    fp = fixed.stack.plugins["cmgan"]
+    fp.iteration = 20000
+    g = fp.grid
+    assert float(g[-1]) == 80.0 and float(g[0]) == 0.002
+    torch.testing.assert_close(fp._weighting(g[3], 0.025),
+                               torch.exp(0.025 * (g[3] - 80.0) * (1 - 0.99995 ** 20000)), rtol=1e-12, atol=0)
     terms["cd"].mean().backward()
     assert all(p.grad is not None for p in tr.G.parameters() if p.numel())
     assert all(p.grad is None for p in plugin.target.parameters())
@@ -226,7 +237,7 @@ def test_modes_cd_and_gan():
     assert plugin.teacher is None
     ctx = _phase(tr)
     fakes = ctx.sample()
-    torch.testing.assert_close(fakes.img, tr.G(80.0 * ctx.z, 80.0))
+    torch.testing.assert_close(fakes.img, tr.G(plugin.sigma_max * ctx.z, plugin.sigma_max))
     assert plugin.g_loss(ctx, fakes) is None
     stats = tr.step()
     assert "Loss/cmgan/cd" not in stats and "Loss/G/loss" in stats
@@ -281,8 +292,9 @@ def test_sampler_one_step_and_multistep():
     two = tr.stack.hooks.sampler(G=tr.G_ema, z=z, c=torch.zeros(16, 0), ctx=None, G_kwargs={})
     torch.manual_seed(0)
     x = tr.G_ema.generate(z)
-    tau = float(karras_grid(18, 0.002, 80.0).flip(0)[9])
-    want = tr.G_ema(x + math.sqrt(tau ** 2 - 0.002 ** 2) * torch.randn_like(x), tau)
+    smin, smax = tr.G_ema.sigma_min, tr.G_ema.sigma_max
+    tau = float(karras_grid(18, smin, smax).flip(0)[9])
+    want = tr.G_ema(x + math.sqrt(tau ** 2 - smin ** 2) * torch.randn_like(x), tau)
     torch.testing.assert_close(two.img, want)
     one = multistep_sample(tr.G_ema, z, None, [0], 18)
     torch.testing.assert_close(one, tr.G_ema.generate(z))

@@ -122,7 +122,21 @@ def test_T_moves_up_when_D_overfits_and_down_otherwise():
     fixed = _plugin(adaptive=False, p=0.5)
     for _ in range(8):
         fixed.after_step(state=state, stats={"Loss/signs/real": 1.0})
-    assert fixed.T == 5 + round(0.5 * 495)
+    assert fixed.T == 5 + round(0.5 * 995)  # T_max 1000: the default pairs with priority t-sampling
+
+
+def test_t_max_and_sigma_defaults_follow_table5_and_the_data_scale():
+    from ganstack.plugins.diffusion import IMAGE_SIGMA, SIGMA_PER_STD, resolve_sigma
+    from ganstack.stylegan_base.datasets import open_dataset
+
+    assert _plugin().o["t_max"] == 1000 and _plugin(ts_dist="uniform").o["t_max"] == 500  # Table 5
+    assert _plugin(ts_dist="uniform", t_max=800).o["t_max"] == 800
+    assert resolve_sigma(0.0, {"kind": "image"}) == IMAGE_SIGMA == 0.05  # App. G, pixels in [-1, 1]
+    assert resolve_sigma(0.2, {"kind": "points", "data_std": 3.0}) == 0.2  # the user's value wins
+    # Point data: sigma scales with the data, so a .npy at another spacing gets the same relative noise.
+    toy = open_dataset("toy:gaussians25?n=4096").info()
+    assert resolve_sigma(0.0, toy) == pytest.approx(SIGMA_PER_STD * 2.83, rel=0.01)
+    assert resolve_sigma(0.0, dict(toy, data_std=100 * toy["data_std"])) == pytest.approx(100 * resolve_sigma(0.0, toy))
 
 
 def test_options_are_checked():
@@ -252,3 +266,31 @@ def test_status_line_reports_T_and_r_d():
     from ganstack.training.run import format_status, tick_fields
     line = format_status(tick_fields(tr.cur_tick, tr.cur_nimg, 1.0, 64, 0.0, 1.0, tr.device), report)
     assert f"diffusion/T {report['diffusion/T']}" in line and "diffusion/r_d " in line
+
+
+def test_scale_aware_defaults_reach_training_on_a_users_point_file(tmp_path):
+    """A user's .npy at another spacing (the 25 Gaussians x 100): diffusion's sigma, SMaRt's t range and
+    CM-GAN's noise grid follow the data, so the same shape trains the same way at any scale."""
+    import numpy as np
+
+    from conftest import make_trainer
+    from ganstack.plugins.diffusion import SIGMA_PER_STD
+    from ganstack.stylegan_base.datasets import open_dataset
+
+    pts = open_dataset("toy:gaussians25?n=2048").points.astype(np.float64)
+    for scale in (1.0, 100.0):
+        path = tmp_path / f"points{scale:g}.npy"
+        np.save(path, pts * scale)
+        tr = make_trainer(["diffusion", "smart"], {"smart": {"score": "empirical"}}, data=str(path))
+        std = tr.dataset.info()["data_std"]
+        assert std == pytest.approx(pts.std() * scale)
+        assert tr.stack.plugins["diffusion"].sigma == pytest.approx(SIGMA_PER_STD * std)
+        smart = tr.stack.plugins["smart"]
+        lo, hi = smart.t_range
+        ratio = float(smart.schedule.edm_sigmas[lo]) / std
+        if scale == 1.0:
+            first = ratio
+        else:
+            assert lo > 40 and ratio == pytest.approx(first, rel=0.05)
+        cm = make_trainer(["cmgan"], {"cmgan": {"teacher": "empirical"}}, data=str(path)).stack.plugins["cmgan"]
+        assert cm.sigma_max == pytest.approx(80.0 * std / 0.5) and cm.sigma_min == pytest.approx(0.002 * std / 0.5)

@@ -169,7 +169,12 @@ def test_slurm_grid_with_a_requeued_cell_equals_the_local_launcher(tmp_path):
         for seed in (0, 1):
             cell = os.path.join("cells", stack, f"seed{seed}")
             assert _same_weights(_final(str(out / cell)), _final(str(local / cell))), cell
-    assert open(out / "results.md").read() == open(local / "results.md").read()
+    # The metric table matches exactly. The training-signals table below it averages each signal over the
+    # last tick, and a resumed cell's ticks start at its resume point, so only that table may differ.
+    def metric_table(path):
+        return open(path).read().split("Training signals at the last tick", 1)[0]
+
+    assert metric_table(out / "results.md") == metric_table(local / "results.md")
 
 
 CRASH_PLUGIN = '''

@@ -49,7 +49,7 @@ def test_smart_loss_equals_direct_computation():
     loss, mse = smart_loss(model, x, t, eps, VPSchedule("linear"), weight=0.01)
     a, s = _ddpm_alpha_sigma(t.numpy())
     x_t = a[:, None] * x.numpy() + s[:, None] * eps.numpy()
-    direct = ((_vp_mixture_eps(x_t, t.numpy(), centers, 0.05) - eps.numpy()) ** 2).mean(1)
+    direct = ((_vp_mixture_eps(x_t, t.numpy(), centers, 0.05) - eps.numpy()) ** 2).sum(1)  # Eq. 10: ||.||_2^2
     assert np.allclose(mse.numpy(), direct, rtol=1e-9)
     assert np.allclose(loss.detach().numpy(), 0.01 * direct, rtol=1e-9)
 
@@ -68,7 +68,7 @@ def test_omit_jacobian_gradient_is_the_formula_with_a_frozen_score():
     alpha = sched.alpha(t).unsqueeze(1)
     x_t = alpha * x.detach() + sched.sigma(t).unsqueeze(1) * eps
     with torch.no_grad():
-        formula = 0.1 * (model.eps(x_t, t, schedule=sched) - eps) * alpha / 3  # (eps_pred - eps) dx_t/dG
+        formula = 2 * 0.1 * (model.eps(x_t, t, schedule=sched) - eps) * alpha  # 2 lambda (eps_pred - eps) dx_t/dG
     assert torch.allclose(g_sur, formula, atol=1e-7)
     cos = torch.nn.functional.cosine_similarity(g_sur.flatten(), formula.flatten(), dim=0)
     assert cos.item() == pytest.approx(1.0, abs=1e-6)
@@ -77,6 +77,51 @@ def test_omit_jacobian_gradient_is_the_formula_with_a_frozen_score():
     (g_full,) = torch.autograd.grad(loss_full.sum(), x)
     assert not torch.allclose(g_full, g_sur, atol=1e-4)
     assert all(p.grad is None for p in model.parameters())
+
+
+class _UnitJacobianScore(torch.nn.Module):
+    """eps_theta(x_t) = x_t - b: a score network whose Jacobian is the identity."""
+
+    label_dim = 0
+
+    def __init__(self, b):
+        super().__init__()
+        self.b = b
+
+    def eps(self, x_t, t, c=None, schedule=None):
+        return x_t - self.b
+
+
+def test_both_modes_give_the_exact_gradient_when_the_jacobian_is_the_identity():
+    """--smart-omit-jacobian keeps Eq. 10's factor 2: with J = I its gradient is the exact one, checked
+    against central finite differences of the exact loss (so switching modes does not halve lambda)."""
+    torch.manual_seed(0)
+    n, d, w = 6, 5, 0.3
+    sched = VPSchedule("linear")
+    model = _UnitJacobianScore(torch.randn(n, d, dtype=torch.float64))
+    x0 = torch.randn(n, d, dtype=torch.float64)
+    t = torch.randint(40, 61, (n,))
+    eps = torch.randn(n, d, dtype=torch.float64)
+    grads = {}
+    for omit in (False, True):
+        x = x0.clone().requires_grad_(True)
+        loss, sq = smart_loss(model, x, t, eps, sched, weight=w, omit_jacobian=omit)
+        (grads[omit],) = torch.autograd.grad(loss.sum(), x)
+    h = 1e-6
+    fd = torch.zeros_like(x0)
+    for i in range(n):
+        for j in range(d):
+            up, down = x0.clone(), x0.clone()
+            up[i, j] += h
+            down[i, j] -= h
+            lu, _ = smart_loss(model, up, t, eps, sched, weight=w)
+            ld, _ = smart_loss(model, down, t, eps, sched, weight=w)
+            fd[i, j] = (lu.sum() - ld.sum()) / (2 * h)
+    assert torch.allclose(grads[False], fd, rtol=1e-6, atol=1e-8)
+    assert torch.allclose(grads[True], fd, rtol=1e-6, atol=1e-8)
+    # Eq. 10 is the squared L2 norm: summed over the sample's values, not averaged.
+    x_t = sched.alpha(t).unsqueeze(1) * x0 + sched.sigma(t).unsqueeze(1) * eps
+    assert torch.allclose(sq, (x_t - model.b - eps).square().sum(1))
 
 
 def test_regularity_pulls_points_onto_the_grid():
@@ -346,3 +391,21 @@ def test_the_score_model_gets_the_labels_of_the_samples_the_sampler_made():
     expected, _ = smart_loss(plugin.model, img, t, eps, VPSchedule("linear"), 0.01, c=own)
     wrong, _ = smart_loss(plugin.model, img, t, eps, VPSchedule("linear"), 0.01, c=phase_c)
     assert torch.allclose(got, expected) and not torch.allclose(got, wrong)
+
+
+def test_t_range_default_follows_the_data_scale_for_points_and_the_paper_for_images():
+    from types import SimpleNamespace
+
+    from ganstack.plugins.smart import resolve_t_range
+
+    auto = SimpleNamespace(t_min=-1, t_max=-1)
+    sched = VPSchedule("linear")
+    assert resolve_t_range(auto, sched, {"kind": "image"}) == (40, 60)  # CIFAR-10, Sec. 3.4
+    assert resolve_t_range(auto, sched, {"kind": "points", "data_std": 2.0}) == (40, 60)  # toy:grid49's scale
+    lo, hi = resolve_t_range(auto, sched, {"kind": "points", "data_std": 20.0})
+    # Ten times the spacing: the noise sigma_t / alpha_t is ten times the grid49 one.
+    for t, ref in ((lo, 40), (hi, 60)):
+        assert float(sched.edm_sigmas[t]) == pytest.approx(10 * float(sched.edm_sigmas[ref]), rel=0.03)
+    assert resolve_t_range(SimpleNamespace(t_min=25, t_max=35), sched, {"kind": "points", "data_std": 20.0}) == (25, 35)
+    with pytest.raises(PluginError, match="t_min"):
+        resolve_t_range(SimpleNamespace(t_min=900, t_max=100), sched, {"kind": "points", "data_std": 2.0})

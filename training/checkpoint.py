@@ -17,7 +17,14 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from ganstack.stylegan_base import cli_support
+from ganstack.stylegan_base.cli_support import (describe_load_error, disk_full_message, is_disk_full,
+                                               is_torch_write_failure)
 from ganstack.stylegan_base.errors import CheckpointError
+
+
+class DiskFullError(cli_support.DiskFullError, CheckpointError):
+    """A checkpoint could not be written because the disk is full; older checkpoints are intact."""
 
 FORMAT = "ganstack.checkpoint"
 VERSION = 1
@@ -59,7 +66,12 @@ def restore_rng(state: dict, extra: Optional[dict] = None) -> None:
 # Files
 
 def atomic_save(obj, path: str) -> None:
-    """Write to a temporary file in the same folder, flush to disk, then rename over ``path``."""
+    """Write to a temporary file in the same folder, flush to disk, then rename over ``path``.
+
+    On any failure the temporary file is removed and ``path`` (and every older checkpoint) is left as it
+    was. A full disk (``ENOSPC``, or torch's "PytorchStreamWriter failed" / "enforce fail at
+    inline_container.cc", which lose the errno) raises :class:`DiskFullError` with a message that says so.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
@@ -69,9 +81,11 @@ def atomic_save(obj, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if is_disk_full(exc) or is_torch_write_failure(exc):
+            raise DiskFullError(disk_full_message(path, "the checkpoint")) from None
         raise
 
 
@@ -162,25 +176,63 @@ def resolve_snapshot(path: str, prefix: str = SNAPSHOT_PREFIX, what: str = "--re
     return path
 
 
-def resolve_resume(path: str) -> str:
-    """``--resume`` takes a checkpoint file or a run folder (its newest snapshot)."""
-    return resolve_snapshot(path)
+def resolve_resume(path: str, flag: str = "--resume") -> str:
+    """``--resume`` (or ``--network``) takes a checkpoint file or a run folder (its newest snapshot)."""
+    return resolve_snapshot(path, what=flag)
 
 
-def load(path: str, map_location="cpu") -> dict:
-    """Load and sanity-check a training checkpoint; clear errors for the wrong kind of file."""
-    path = resolve_resume(path)
+# What each use of a checkpoint reads (their absence would otherwise end in a KeyError).
+_SAMPLE_KEYS = {"config": dict, "dataset": dict, "plugins": list, "plugin_options": dict, "plugin_state": dict}
+_RESUME_KEYS = dict(_SAMPLE_KEYS, G=dict, D=dict, G_ema=dict, G_opt=dict, D_opt=dict, cur_nimg=int, cur_tick=int,
+                    batch_idx=int, tick_start_nimg=int, rng=list)
+_KINDS = {"ganstack.score_model": "a score model (from 'ganstack train-score'; it goes to --smart-score or the "
+                                  "cmgan teacher option)",
+          "ganstack.digit-classifier": "a digit classifier (from 'ganstack train-classifier'; it goes to "
+                                       "'ganstack metrics --classifier')"}
+
+
+def load(path: str, map_location="cpu", flag: str = "--resume", purpose: str = "resume",
+         networks=("G_ema",)) -> dict:
+    """Load and sanity-check a training checkpoint; clear errors for the wrong kind of file.
+
+    ``flag`` names the option the path came from in messages. ``purpose`` is ``"resume"`` (every key the
+    loop restores must be there), ``"sample"`` (the options, plugins and ``networks``) or ``"weights"``
+    (``--init``: at least one of G, D, G_ema).
+    """
+    path = resolve_resume(path, flag)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path!r} could not be read as a ganstack checkpoint ({type(exc).__name__}: "
-                              f"{exc}). It may be truncated, or not a checkpoint at all.") from None
+    except Exception as exc:  # noqa: BLE001 - every failure of torch.load is the file's fault here
+        raise CheckpointError(f"{flag} {path!r} could not be read as a ganstack checkpoint: it "
+                              f"{describe_load_error(exc, path)}. Give a network-snapshot-*.pt file written by "
+                              f"'ganstack train', or its run folder.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         kind = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path!r} is not a ganstack training checkpoint (found {kind!r}). "
-                              f"(Score models and classifiers have formats of their own and go to the options that ask for them.)")
-    if ckpt.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path!r} was written by a newer ganstack (checkpoint version "
-                              f"{ckpt['version']} > {VERSION}); upgrade ganstack to read it.")
+        what = _KINDS.get(kind, f"found {kind!r}")
+        raise CheckpointError(f"{flag} {path!r} is not a ganstack training checkpoint ({what}). Give a "
+                              f"network-snapshot-*.pt file written by 'ganstack train', or its run folder.")
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{flag} {path!r} was written by a newer ganstack (checkpoint version "
+                              f"{version!r} > {VERSION}); upgrade ganstack to read it.")
+    if purpose == "weights":
+        if not any(isinstance(ckpt.get(k), dict) for k in ("G", "D", "G_ema")):
+            raise CheckpointError(f"{flag} {path!r} holds no network weights (G, D or G_ema).")
+        ckpt["path"] = path
+        return ckpt
+    wanted = dict(_RESUME_KEYS) if purpose == "resume" else dict(_SAMPLE_KEYS, **{n: dict for n in networks})
+    missing = [k for k in wanted if k not in ckpt]
+    if missing and purpose == "resume" and "imported_from" in ckpt:
+        raise CheckpointError(f"{flag} {path!r} was imported from an official pickle ('ganstack import-pkl') and "
+                              f"holds networks only, no optimizer state or counters, so it cannot be resumed. Start a "
+                              f"new run from its weights with --init {path}.")
+    wrong = [k for k, t in wanted.items() if k in ckpt and not isinstance(ckpt[k], t)]
+    if missing or wrong:
+        parts = ([f"it lacks {', '.join(missing)}"] if missing else []) + \
+                ([f"{', '.join(wrong)} {'has' if len(wrong) == 1 else 'have'} the wrong type"] if wrong else [])
+        raise CheckpointError(f"{flag} {path!r} is an incomplete or damaged ganstack checkpoint: {'; '.join(parts)}. "
+                              f"Use another snapshot of the run (or the run folder, for its newest one).")
+    if "kind" not in ckpt["dataset"]:
+        raise CheckpointError(f"{flag} {path!r} is a damaged ganstack checkpoint: its dataset record has no 'kind'.")
     ckpt["path"] = path
     return ckpt

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import importlib.metadata as importlib_metadata
 import os
-import re
-import sys
-import traceback
 from typing import Optional
 
 import click
 
-from ganstack.stylegan_base.errors import GanstackError
+from ganstack.stylegan_base.cli_support import (DEVICE, FINITE_FLOAT, SEED, SEED_LIST, atomic_path, check_output_dir,
+                                               check_output_file, finite_float, int_range, parse_seed_list,
+                                               resolve_device, run_main)
+from ganstack.stylegan_base.errors import CheckpointError, GanstackError
 from ganstack.training.api import ConfigError, PluginError
 from ganstack.training.config import ALL_PRESETS, TrainConfig
 from ganstack.training.plugin_manager import (CORE_NAME, declared_capabilities, discover, hook_names, load_plugin,
@@ -29,24 +29,9 @@ COMMAND_GROUP = "ganstack.commands"
 # ------------------------------------------------------------------------------------------------
 # Helpers
 
-def parse_range(s: str) -> list[int]:
-    """``'0-3,7'`` -> ``[0, 1, 2, 3, 7]``."""
-    out = []
-    for part in str(s).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)-(\d+)", part)
-        if m:
-            a, b = int(m.group(1)), int(m.group(2))
-            if b < a:
-                raise click.BadParameter(f"range {part!r} is empty; write low-high")
-            out.extend(range(a, b + 1))
-        elif part.isdigit():
-            out.append(int(part))
-        else:
-            raise click.BadParameter(f"{part!r} is not a number or a range like 0-63")
-    return out
+def parse_range(s: str, flag: str = "--seeds") -> list[int]:
+    """``'0-3,7'`` -> ``[0, 1, 2, 3, 7]``; empty, reversed or out-of-range lists are errors naming ``flag``."""
+    return parse_seed_list(s, flag)
 
 
 def _flag(plugin: str, opt: str) -> str:
@@ -89,6 +74,10 @@ def _user_set(ctx: click.Context, names) -> set:
 # ------------------------------------------------------------------------------------------------
 # train
 
+# The click types refuse what is not a finite number or a representable whole number; the ranges of the
+# options are checked in one place, training/config.py validate(), which also sees API and ablate --set values.
+INT = int_range(-(2 ** 31), 2 ** 31 - 1)
+POSITIVE_INT = int_range(1)
 TRAIN_OPTIONS = [
     # (flag, TrainConfig field, click kwargs)
     ("--data", "data", dict(type=str, default=TrainConfig.data, show_default=True,
@@ -96,37 +85,37 @@ TRAIN_OPTIONS = [
                                  "toy:ring8, or shapes32 (built-in procedural images).")),
     ("--cfg", "cfg", dict(type=click.Choice(ALL_PRESETS), default="auto", show_default=True,
                           help="Preset (StyleGAN2-ADA); 'auto' picks from the resolution, and 'toy' for point data.")),
-    ("--kimg", "kimg", dict(type=float, default=None, help="Training length in thousands of real images [default: preset]")),
-    ("--seed", "seed", dict(type=int, default=0, show_default=True, help="Random seed.")),
-    ("--batch", "batch", dict(type=int, default=None, help="Total batch size [default: preset]")),
-    ("--batch-gpu", "batch_gpu", dict(type=int, default=None, help="Samples per GPU per round (gradient accumulation) [default: batch/GPUs]")),
-    ("--gamma", "gamma", dict(type=float, default=None, help="R1 weight [default: preset]")),
-    ("--r1-interval", "r1_interval", dict(type=int, default=16, show_default=True, help="Lazy R1 interval (1 = every step).")),
-    ("--pl-weight", "pl_weight", dict(type=float, default=None, help="Path-length weight [default: 2, 0 for cifar/toy]")),
-    ("--pl-interval", "pl_interval", dict(type=int, default=4, show_default=True, help="Lazy path-length interval.")),
-    ("--style-mixing", "style_mixing", dict(type=float, default=None, help="Style-mixing probability [default: 0.9, 0 for cifar]")),
-    ("--glr", "glr", dict(type=float, default=None, help="G learning rate [default: preset]")),
-    ("--dlr", "dlr", dict(type=float, default=None, help="D learning rate [default: preset]")),
-    ("--ema", "ema_kimg", dict(type=float, default=None, help="G_ema half-life in kimg [default: preset]")),
-    ("--map-depth", "map_depth", dict(type=int, default=None, help="Mapping network depth, 2..8 [default: preset]")),
-    ("--z-dim", "z_dim", dict(type=int, default=None, help="Latent size [default: 512 images, 32 points]")),
-    ("--cbase", "cbase", dict(type=int, default=None, help="Capacity multiplier (channel_base) [default: preset]")),
-    ("--cmax", "cmax", dict(type=int, default=512, show_default=True, help="Max. feature maps.")),
-    ("--mbstd-group", "mbstd_group", dict(type=int, default=None, help="Minibatch-std group size [default: preset]")),
+    ("--kimg", "kimg", dict(type=FINITE_FLOAT, default=None, help="Training length in thousands of real images [default: preset]")),
+    ("--seed", "seed", dict(type=SEED, default=0, show_default=True, help="Random seed.")),
+    ("--batch", "batch", dict(type=INT, default=None, help="Total batch size [default: preset]")),
+    ("--batch-gpu", "batch_gpu", dict(type=INT, default=None, help="Samples per GPU per round (gradient accumulation) [default: batch/GPUs]")),
+    ("--gamma", "gamma", dict(type=FINITE_FLOAT, default=None, help="R1 weight [default: preset]")),
+    ("--r1-interval", "r1_interval", dict(type=INT, default=16, show_default=True, help="Lazy R1 interval (1 = every step).")),
+    ("--pl-weight", "pl_weight", dict(type=FINITE_FLOAT, default=None, help="Path-length weight [default: 2, 0 for cifar/toy]")),
+    ("--pl-interval", "pl_interval", dict(type=INT, default=4, show_default=True, help="Lazy path-length interval.")),
+    ("--style-mixing", "style_mixing", dict(type=FINITE_FLOAT, default=None, help="Style-mixing probability [default: 0.9, 0 for cifar]")),
+    ("--glr", "glr", dict(type=FINITE_FLOAT, default=None, help="G learning rate [default: preset]")),
+    ("--dlr", "dlr", dict(type=FINITE_FLOAT, default=None, help="D learning rate [default: preset]")),
+    ("--ema", "ema_kimg", dict(type=FINITE_FLOAT, default=None, help="G_ema half-life in kimg [default: preset]")),
+    ("--map-depth", "map_depth", dict(type=INT, default=None, help="Mapping network depth, 2..8 [default: preset]")),
+    ("--z-dim", "z_dim", dict(type=INT, default=None, help="Latent size [default: 512 images, 32 points]")),
+    ("--cbase", "cbase", dict(type=INT, default=None, help="Capacity multiplier (channel_base) [default: preset]")),
+    ("--cmax", "cmax", dict(type=INT, default=512, show_default=True, help="Max. feature maps.")),
+    ("--mbstd-group", "mbstd_group", dict(type=INT, default=None, help="Minibatch-std group size [default: preset]")),
     ("--d-architecture", "d_architecture", dict(type=click.Choice(["orig", "skip", "resnet"]), default=None,
                                                 help="D architecture [default: resnet, orig for cifar]")),
-    ("--mlp-hidden", "mlp_hidden", dict(type=int, default=128, show_default=True, help="Hidden width of the MLP (point data).")),
+    ("--mlp-hidden", "mlp_hidden", dict(type=INT, default=128, show_default=True, help="Hidden width of the MLP (point data).")),
     ("--cond", "cond", dict(is_flag=True, default=False, help="Train a class-conditional model (needs labels).")),
     ("--mirror", "mirror", dict(is_flag=True, default=False, help="Add x-flipped copies of the images.")),
-    ("--max-size", "max_size", dict(type=int, default=None, help="Use at most this many dataset items.")),
-    ("--tick", "tick", dict(type=float, default=None, help="kimg per tick (status line) [default: 4, 20 for points]")),
-    ("--snap", "snap", dict(type=int, default=50, show_default=True, help="Ticks between checkpoints and pictures.")),
-    ("--keep", "keep", dict(type=int, default=5, show_default=True, help="Checkpoints kept (0 = all).")),
-    ("--workers", "workers", dict(type=int, default=2, show_default=True, help="Data-loader worker processes.")),
+    ("--max-size", "max_size", dict(type=POSITIVE_INT, default=None, help="Use at most this many dataset items.")),
+    ("--tick", "tick", dict(type=FINITE_FLOAT, default=None, help="kimg per tick (status line) [default: 4, 20 for points]")),
+    ("--snap", "snap", dict(type=INT, default=50, show_default=True, help="Ticks between checkpoints and pictures.")),
+    ("--keep", "keep", dict(type=INT, default=5, show_default=True, help="Checkpoints kept (0 = all).")),
+    ("--workers", "workers", dict(type=INT, default=2, show_default=True, help="Data-loader worker processes.")),
     ("--metrics", "metrics", dict(type=str, default="", help="Comma-separated metrics at each checkpoint (e.g. toy).")),
     ("--amp", "amp", dict(type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
                           help="Mixed precision on GPU (autocast).")),
-    ("--device", "device", dict(type=str, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")),
+    ("--device", "device", dict(type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")),
     ("--tensorboard", "tensorboard", dict(is_flag=True, default=False, help="Also log to TensorBoard in the run folder.")),
     ("--allow-nonfinite", "allow_nonfinite", dict(is_flag=True, default=False,
                                                   help="Keep training when losses or weights become non-finite "
@@ -221,22 +210,23 @@ def make_train_command(schemas: dict) -> click.Command:
 
 @click.command("generate")
 @click.option("--network", "network", required=True, help="Checkpoint file or run folder (newest snapshot).")
-@click.option("--seeds", type=str, default="0-15", show_default=True, help="Seeds, e.g. 0-63 or 1,5,9 (images).")
-@click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, help="Truncation psi.")
-@click.option("--class", "class_idx", type=int, default=None, help="Class label (conditional models).")
+@click.option("--seeds", type=SEED_LIST, default="0-15", show_default=True, help="Seeds, e.g. 0-63 or 1,5,9 (images).")
+@click.option("--trunc", "truncation_psi", type=finite_float(), default=1.0, show_default=True, help="Truncation psi.")
+@click.option("--class", "class_idx", type=int_range(0), default=None, help="Class label (conditional models).")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
 @click.option("--outdir", type=str, default="out", show_default=True, help="Where images go.")
 @click.option("--grid", is_flag=True, default=False, help="Also write all seeds as one grid image.")
-@click.option("--n", "n_points", type=int, default=2000, show_default=True, help="Number of samples (point data).")
-@click.option("--out", "out_file", type=str, default=None, help="Output .npy file (point data).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for point samples.")
-@click.option("--device", type=str, default="auto", show_default=True)
+@click.option("--n", "n_points", type=int_range(1), default=2000, show_default=True, help="Number of samples (point data).")
+@click.option("--out", "out_file", type=str, default=None, help="Output .npy file (point data) [default: OUTDIR/samples.npy].")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for point samples.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 def generate_command(network, seeds, truncation_psi, class_idx, noise_mode, outdir, grid, n_points, out_file, seed,
                      device):
     """Draw samples from a checkpoint through its plugins' sampler.
 
     Images: one PNG per seed (seed{N}.png). Point data: a .npy file of shape [n, D] and a scatter
-    plot PNG beside it.
+    plot PNG beside it. Every file is written to a temporary name and renamed when complete, so a
+    failure or Ctrl-C never leaves a partial file and never replaces an existing one with a bad one.
     """
     import numpy as np
     import torch
@@ -244,57 +234,77 @@ def generate_command(network, seeds, truncation_psi, class_idx, noise_mode, outd
     from ganstack.training.inference import load_model
     from ganstack.training.snapshots import grid_shape, save_image_grid, save_scatter_panels
 
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    model = load_model(network, device=dev)
+    # Everything that can be checked before loading or sampling is checked first.
+    if out_file is not None:
+        check_output_file(out_file, "--out", suffix=".npy")
+    else:
+        check_output_dir(outdir, "--outdir")
+    dev = resolve_device(device)
+    model = load_model(network, device=dev, flag="--network")
     G = model.G
-    if model.data_info["kind"] == "image" and out_file:
+    kind = model.data_info["kind"]
+    if kind == "image" and out_file:
         raise ConfigError("--out FILE.npy is for point data; this model makes images, use --outdir.")
+    if kind == "image":
+        check_output_dir(outdir, "--outdir")
+    if G.c_dim:
+        if class_idx is None:
+            raise ConfigError(f"This model is class-conditional ({G.c_dim} classes): give --class in 0..{G.c_dim - 1}.")
+        if class_idx >= G.c_dim:
+            raise ConfigError(f"--class {class_idx} is out of range; this model has classes 0..{G.c_dim - 1}.")
+    elif class_idx is not None:
+        click.echo("warning: --class ignored, the model is unconditional", err=True)
 
     def labels(n):
         c = torch.zeros([n, G.c_dim], device=dev)
         if G.c_dim:
-            if class_idx is None:
-                raise ConfigError(f"This model is class-conditional ({G.c_dim} classes): give --class in "
-                                  f"0..{G.c_dim - 1}.")
-            if not 0 <= class_idx < G.c_dim:
-                raise ConfigError(f"--class {class_idx} is out of range; this model has classes 0..{G.c_dim - 1}.")
             c[:, class_idx] = 1
-        elif class_idx is not None:
-            click.echo("warning: --class ignored, the model is unconditional", err=True)
         return c
 
+    def finite(x, what):
+        if not bool(torch.isfinite(torch.as_tensor(x)).all()):
+            raise CheckpointError(f"The generator of {model.checkpoint['path']!r} produced NaN or infinite values "
+                                  f"for {what}: its weights are not finite (the run diverged). Nothing was written; "
+                                  f"use an earlier snapshot of the run.")
+
     G_kwargs = dict(truncation_psi=truncation_psi, noise_mode=noise_mode)
-    if model.data_info["kind"] == "image":
-        seed_list = parse_range(seeds)
+    if kind == "image":
         os.makedirs(outdir, exist_ok=True)
         imgs = []
-        for s in seed_list:
+        for s in seeds:
             z = torch.from_numpy(np.random.RandomState(s).randn(1, G.z_dim)).float().to(dev)
             torch.manual_seed(s)
             img = model.sample(z, labels(1), **G_kwargs)
-            imgs.append(img.cpu())
-            save_image_grid(img, os.path.join(outdir, f"seed{s:04d}.png"), (1, 1))
-        click.echo(f"Wrote {len(seed_list)} images to {outdir}/")
+            finite(img, f"seed {s}")
+            if grid:
+                imgs.append(img.cpu())
+            with atomic_path(os.path.join(outdir, f"seed{s:04d}.png")) as tmp:
+                save_image_grid(img, tmp, (1, 1))
+        click.echo(f"Wrote {len(seeds)} image{'s' if len(seeds) != 1 else ''} to {outdir}/")
         if grid:
             gw, _ = grid_shape(model.data_info["resolution"])
             gw = min(gw, len(imgs))
             gh = (len(imgs) + gw - 1) // gw
             path = os.path.join(outdir, "grid.png")
-            save_image_grid(torch.cat(imgs), path, (gw, gh))
+            with atomic_path(path) as tmp:
+                save_image_grid(torch.cat(imgs), tmp, (gw, gh))
             click.echo(f"Wrote {path}")
     else:
         out_file = out_file or os.path.join(outdir, "samples.npy")
-        os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
         torch.manual_seed(seed)
         g = torch.Generator(device=dev).manual_seed(seed)
         z = torch.randn([n_points, G.z_dim], generator=g, device=dev)
         x = model.sample(z, labels(n_points), **G_kwargs).cpu().numpy()
-        np.save(out_file, x)
+        finite(x, f"{n_points} samples")
+        with atomic_path(out_file) as tmp:
+            np.save(tmp, x)
         png = os.path.splitext(out_file)[0] + ".png"
         centers = model.data_info.get("toy", {}).get("centers")
-        save_scatter_panels([(f"{n_points} samples", x)], png,
-                            centers=None if centers is None else np.asarray(centers))
-        click.echo(f"Wrote {out_file} ({x.shape[0]} x {x.shape[1]}) and {png}")
+        with atomic_path(png) as tmp:
+            plotted = save_scatter_panels([(f"{n_points} samples", x)], tmp,
+                                          centers=None if centers is None else np.asarray(centers))
+        click.echo(f"Wrote {out_file} ({x.shape[0]} x {x.shape[1]})" + (f" and {png}" if plotted else
+                                                                          " (no scatter plot: matplotlib is missing)"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,26 +400,17 @@ def build_cli() -> click.Group:
 
 
 def main(argv=None):
-    """Console entry point: user errors print one paragraph and exit 2; no traceback."""
-    try:
+    """Console entry point: every failure prints one paragraph and exits non-zero, no traceback.
+
+    Bad input (GanstackError, click usage errors) exits 2; the environment (a full disk, permissions, a
+    file where a folder should be, out of memory) exits 1; a bug in ganstack also exits 1, with its
+    traceback written to a crash file named in the message (see ``stylegan_base/cli_support.py``).
+    """
+    def invoke():
         cli = build_cli()
         cli.main(args=argv, prog_name="ganstack", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except GanstackError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        if os.environ.get("GANSTACK_DEBUG"):
-            traceback.print_exc()
-        sys.exit(getattr(exc, "exit_code", 2))
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+
+    run_main(invoke)
 
 
 if __name__ == "__main__":

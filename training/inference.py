@@ -72,10 +72,14 @@ def sampling_stack(ckpt: dict, registry: Optional[dict] = None,
     return names, options, skipped
 
 
-def load_model(path: str, device=None, which: str = "G_ema", warn: Callable[[str], None] = _warn) -> LoadedModel:
-    """Rebuild the networks and plugins recorded in a checkpoint and load ``which`` (G_ema or G)."""
+def load_model(path: str, device=None, which: str = "G_ema", warn: Callable[[str], None] = _warn,
+               flag: str = "--network") -> LoadedModel:
+    """Rebuild the networks and plugins recorded in a checkpoint and load ``which`` (G_ema or G).
+
+    ``flag`` names the option the path came from in error messages.
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt = ckpt_io.load(path)
+    ckpt = ckpt_io.load(path, flag=flag, purpose="sample", networks=(which,))
     cfg = TrainConfig.from_dict(ckpt["config"])
     names, options, skipped = sampling_stack(ckpt, warn=warn)
     stack = PluginStack(names, options)
@@ -86,10 +90,11 @@ def load_model(path: str, device=None, which: str = "G_ema", warn: Callable[[str
     G = nets.G_ema if which == "G_ema" else nets.G
     try:
         G.load_state_dict(ckpt[which])
-    except RuntimeError as exc:
+    except (RuntimeError, KeyError, TypeError) as exc:
         extra = f" (plugins skipped as not installed: {', '.join(skipped)})" if skipped else ""
-        raise CheckpointError(f"The checkpoint's {which} does not fit the generator its recorded options build"
-                              f"{extra}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"{flag} {ckpt['path']!r}: its {which} weights do not fit the network its own options "
+                              f"build{extra} ({str(exc).strip().splitlines()[0][:200]}); the file is damaged or was "
+                              f"edited. Use another snapshot of the run.") from None
     G.eval()
     stack.load_state_dict(ckpt["plugin_state"], ignore=skipped)
     return LoadedModel(G=G, stack=stack, cfg=cfg, data_info=data_info, checkpoint=ckpt, device=device)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from ganstack.stylegan_base.cli_support import check_output_dir
 from ganstack.stylegan_base.errors import CheckpointError, GanstackError
 from ganstack.training import distributed
 
@@ -196,14 +197,18 @@ class TrainingDiverged(GanstackError):
     exit_code = 3
 
 
+def next_run_dir(outdir: str, desc: str) -> str:
+    """The folder :func:`new_run_dir` would create now (nothing is created)."""
+    names = os.listdir(outdir) if os.path.isdir(outdir) else []
+    ids = [int(m.group(1)) for m in (re.match(r"^(\d+)-", d) for d in names) if m]
+    return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
+
+
 def new_run_dir(outdir: str, desc: str) -> str:
     """``<outdir>/<NNNNN>-<desc>`` with the next free number, as StyleGAN2-ADA names runs."""
-    if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise GanstackError(f"--outdir {outdir!r} is a file, not a folder; give a folder for the run folders.")
+    check_output_dir(outdir, "--outdir")
     os.makedirs(outdir, exist_ok=True)
-    ids = [int(m.group(1)) for m in (re.match(r"^(\d+)-", d) for d in os.listdir(outdir)) if m]
-    run_id = max(ids, default=-1) + 1
-    path = os.path.join(outdir, f"{run_id:05d}-{desc}")
+    path = next_run_dir(outdir, desc)
     os.makedirs(path, exist_ok=False)
     return path
 
@@ -374,6 +379,7 @@ class Job:
         self.tr.stream.close()  # the checkpoint needs no data; a dead worker must not stop it
 
     def close(self) -> None:
+        self.tr.stream.close()  # stop the data-loader workers: the run is over
         self.writer.close()
 
 
@@ -590,7 +596,9 @@ def run_training(cfg, plugin_names, plugin_options: dict, outdir: str, resume: O
     from ganstack.training.config import resolve, validate
     from ganstack.training.loop import Trainer
     from ganstack.training.plugin_manager import PluginStack
+    from ganstack.training.preflight import preflight
 
+    check_output_dir(outdir, "--outdir")
     resume_ckpt = None
     if resume:
         resume_ckpt = ckpt_io.load(resume)
@@ -615,16 +623,19 @@ def run_training(cfg, plugin_names, plugin_options: dict, outdir: str, resume: O
     stack = PluginStack(plugin_names, plugin_options)
     stack.configure(cfg, info)
     validate(cfg, info, world)
+    # Everything that can be checked without training fails here, before a run folder exists.
+    preflight(cfg, stack, info, device=dev, log=log or print)
     startup = _startup_lines(cfg, stack, info, world, dev)
-    if dry_run:
-        for line in startup:
+    desc = _run_description(cfg, stack.names, info.get("name", "data"))
+    if dry_run:  # no side effects: no run folder, no run number used up
+        for line in [f"Run folder:   none (dry run; the next run would be {next_run_dir(outdir, desc)})"] + startup:
             (log or print)(line)
         (log or print)("Dry run: options are valid; exiting without training or creating a run folder.")
         return None
 
     run_dir = None
     if rank == 0:
-        run_dir = new_run_dir(outdir, _run_description(cfg, stack.names, info.get("name", "data")))
+        run_dir = new_run_dir(outdir, desc)
     run_dir = distributed.broadcast_object(run_dir)
     run_log = RunLog(os.path.join(run_dir, "log.txt")) if log is None and rank == 0 else None
     if log is None:

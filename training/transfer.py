@@ -244,7 +244,7 @@ def _source_states(source: str) -> tuple[dict, str, list]:
         nets, _ = legacy.load_official_networks(source)
         notes = [n for imp in nets.values() for n in imp.notes]
         return {role: imp.module.state_dict() for role, imp in nets.items()}, 'official pickle', notes
-    ckpt = ckpt_io.load(source)
+    ckpt = ckpt_io.load(source, flag='--init', purpose='weights')  # rel: networks only are needed
     return {role: ckpt[role] for role in ROLES if role in ckpt}, 'ganstack checkpoint', []
 
 

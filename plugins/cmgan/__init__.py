@@ -21,6 +21,12 @@ t_N = T = sigma_max`` (rho 7) and noises this phase's real batch: ``x_{t_{n+1}} 
   far from the teacher (digits FID 88.7 vs 25.7 with ``sum`` and 26.1 for plain CD). Pure CD (``cd`` mode)
   is practically unaffected: Adam's update does not depend on a constant loss scale.
 
+**Noise levels follow the data's scale.** CM/EDM's sigma_min 0.002 and sigma_max 80 are for images of
+sigma_data 0.5. By default (``--cmgan-sigma-min/--cmgan-sigma-max 0``) point data gets both scaled by its
+std / 0.5 (``info()['data_std']``), so a user's .npy at another spacing gets the same grid relative to the
+data, and t in Eq. 6's weighting is measured in units of ``sigma_max / 80``: alpha keeps the paper's meaning
+(on images, or with sigma_max 80 given, the weighting is Eq. 6 as printed).
+
 The same forward pass ``f_theta(x_{t_{n+1}}, t_{n+1})`` feeds D and the CD term, so the adversarial loss
 sees the levels ``t_2 .. t_N`` (``t_N = T`` is the one-step generator itself) rather than Eq. 9's
 ``t_1 .. t_{N-1}``; at ``t_1`` the output is the real image itself (the boundary condition), which carries
@@ -75,6 +81,7 @@ __all__ = ["CMGANPlugin", "ConsistencyFunction", "cd_distance", "cd_weighting", 
            "karras_grid", "multistep_sample", "ode_step", "update_target"]
 
 MODES = ("cmgan", "cd", "gan")
+EDM_SIGMAS = (0.002, 80.0)  # CM/EDM's sigma_min, sigma_max for images of sigma_data 0.5
 
 
 def _arch_for(data_info: dict, c_dim: int, opts) -> dict:
@@ -131,9 +138,10 @@ class CMGANPlugin(Plugin):
                    "(paper Sec. 4: 0.99995)", min=0.0, max=1.0),
             Option("num_steps", int, 18, "N, noise levels of the Karras grid (CM: 18 on CIFAR-10, 40 on ImageNet)",
                    min=2, max=10000),
-            Option("sigma_min", float, 0.002, "sigma_min = t_1, where f(x, sigma_min) = x (CM/EDM: 0.002)", min=1e-6),
-            Option("sigma_max", float, 80.0, "sigma_max = T = t_N, the generator's noise level (CM/EDM: 80); "
-                   "adjust to the data scale", min=1e-4),
+            Option("sigma_min", float, 0.0, "sigma_min = t_1, where f(x, sigma_min) = x; 0 = auto: CM/EDM's 0.002 for "
+                   "images, 0.002 / 0.5 x the data's std for points", min=0.0),
+            Option("sigma_max", float, 0.0, "sigma_max = T = t_N, the generator's noise level; 0 = auto: CM/EDM's 80 for "
+                   "images (160 x their sigma_data 0.5), 160 x the data's std for points", min=0.0),
             Option("rho", float, 7.0, "rho of the Karras grid (EDM/CM: 7)", min=1e-3),
             Option("solver", str, "heun", "teacher ODE step from t_{n+1} to t_n (official CD: heun; the paper's "
                    "text: Euler)", choices=("heun", "euler")),
@@ -157,7 +165,7 @@ class CMGANPlugin(Plugin):
     @hookimpl
     def configure(self, opts, cfg, stack):
         self.opts = opts
-        if opts.sigma_min >= opts.sigma_max:
+        if opts.sigma_min and opts.sigma_max and opts.sigma_min >= opts.sigma_max:
             raise PluginError(f"--cmgan-sigma-min {opts.sigma_min} must be below --cmgan-sigma-max {opts.sigma_max} "
                               f"(CM/EDM: 0.002 and 80).")
         if opts.mode != "gan" and not opts.teacher:
@@ -177,23 +185,44 @@ class CMGANPlugin(Plugin):
         except ValueError as exc:
             raise PluginError(f"--cmgan-sample-ts: {exc}. Use 0 for one-step sampling or, e.g., 0,{opts.num_steps // 2} "
                               f"for two steps on the N = {opts.num_steps} grid.") from None
-        self.grid = karras_grid(opts.num_steps, opts.sigma_min, opts.sigma_max, opts.rho)
+        self._set_sigmas({"kind": "image"})  # until build_generator sees the data
         # f_theta has no W space: the core sets path length and style mixing to 0 (and refuses them if given).
         # Official consistency-distillation optimizer settings (cm_train.py: Adam(W) defaults, lr 1e-4).
         cfg.set_default("g_betas", (0.9, 0.999))
         if str(cfg.cfg) != "toy":
             cfg.set_default("glr", 1e-4)
 
+    def _set_sigmas(self, data_info: dict) -> None:
+        """Resolve sigma_min/sigma_max against the data's scale (``EDM_SIGMAS`` at the images' sigma_data 0.5)
+        and build the grid. The weighting's t is measured in units of ``sigma_max / 80`` (``t_unit``), so alpha
+        keeps the paper's meaning at every data scale (``t_unit`` = 1 on images and whenever sigma_max is 80)."""
+        o = self.opts
+        scale = 1.0
+        if data_info.get("kind") == "points" and data_info.get("data_std"):
+            scale = float(data_info["data_std"]) / 0.5
+        self.sigma_min = o.sigma_min or EDM_SIGMAS[0] * scale
+        self.sigma_max = o.sigma_max or EDM_SIGMAS[1] * scale
+        if self.sigma_min >= self.sigma_max:
+            raise PluginError(f"cmgan's sigma_min {self.sigma_min:g} must be below sigma_max {self.sigma_max:g} "
+                              f"(set --cmgan-sigma-min and --cmgan-sigma-max, CM/EDM: 0.002 and 80 for images).")
+        self.t_unit = self.sigma_max / EDM_SIGMAS[1]
+        self.grid = karras_grid(o.num_steps, self.sigma_min, self.sigma_max, o.rho)
+
+    def _weighting(self, t_n, alpha: float):
+        return cd_weighting(torch.as_tensor(t_n, dtype=torch.float64) / self.t_unit, self.sigma_max / self.t_unit,
+                            alpha, self.opts.gamma, self.iteration)
+
     @hookimpl
     def build_generator(self, kwargs, data_info, cfg):
         o = self.opts
+        self._set_sigmas(data_info)
         if data_info["kind"] == "image":
             shape = (int(data_info["num_channels"]), int(data_info["resolution"]), int(data_info["resolution"]))
         else:
             shape = (int(data_info["point_dim"]),)
         arch = _arch_for(data_info, kwargs.get("c_dim", 0), o)
-        return ConsistencyFunction(arch, shape, c_dim=kwargs.get("c_dim", 0), sigma_min=o.sigma_min,
-                                   sigma_max=o.sigma_max, sigma_data=o.sigma_data or 0.5)
+        return ConsistencyFunction(arch, shape, c_dim=kwargs.get("c_dim", 0), sigma_min=self.sigma_min,
+                                   sigma_max=self.sigma_max, sigma_data=o.sigma_data or 0.5)
 
     @hookimpl
     def start_training(self, nets, data_info, device, cfg):
@@ -286,7 +315,7 @@ class CMGANPlugin(Plugin):
         dist = cd_distance(out, self.target, self._teacher_denoise, x_hi, t_hi, t_lo, c, o.solver, o.cd_norm)
         # cd mode is the plain consistency-distillation baseline: the official uniform weighting.
         alpha = o.alpha if o.mode == "cmgan" else 0.0
-        lam = cd_weighting(t_lo.double(), o.sigma_max, alpha, o.gamma, self.iteration).to(dist.dtype)
+        lam = self._weighting(t_lo.double(), alpha).to(dist.dtype)
         ctx.report("Loss/cmgan/cd_unweighted", dist.detach())
         ctx.report("Loss/cmgan/lambda", lam)
         return {"cd": lam * dist}
@@ -301,7 +330,7 @@ class CMGANPlugin(Plugin):
     def report_stats(self):
         o = self.opts
         alpha = o.alpha if o.mode == "cmgan" else 0.0
-        lam_min = float(cd_weighting(o.sigma_min, o.sigma_max, alpha, o.gamma, self.iteration))
+        lam_min = float(self._weighting(self.sigma_min, alpha))
         return {"I": self.iteration, "lambda_t1": lam_min}
 
     # ------------------------------------------------------------------------------------------

@@ -53,9 +53,9 @@ def read_checkpoint(path: str, what: str = "score model") -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise CheckpointError(f"{path!r} could not be read as a score checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}). It may be truncated or not a "
-                              f"checkpoint at all; {TRAIN_HINT}.") from None
+        from ganstack.stylegan_base.cli_support import describe_load_error  # rel: no torch weights_only advice
+        raise CheckpointError(f"{path!r} could not be read as a score checkpoint: it "
+                              f"{describe_load_error(exc, path)}; {TRAIN_HINT}.") from None
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if fmt != FORMAT:
         if fmt == ckpt_io.FORMAT:
