@@ -64,7 +64,7 @@ def clr_errors(tr, reals: torch.Tensor, z: torch.Tensor) -> dict:
 
 def run(data, names, options, kimg, seed, eval_kimg, train_overrides, num_samples=2500):
     cfg = TrainConfig(data=data, cfg="toy", kimg=kimg, seed=seed, workers=0, **train_overrides)
-    cfg._user_set = {"data", "cfg", "kimg", "seed", "workers"} | set(train_overrides)
+    cfg.mark_user_set({"data", "cfg", "kimg", "seed", "workers"} | set(train_overrides))
     ds = open_dataset(data, use_labels=False)
     info = ds.info()
     resolve(cfg, info)

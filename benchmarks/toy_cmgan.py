@@ -62,7 +62,7 @@ def parse_configs(text: str) -> list:
 
 def train_one(data, opts, kimg, seed, batch, train_overrides, record_every, eval_every_kimg, num_samples, log):
     cfg = TrainConfig(data=data, cfg="toy", kimg=kimg, seed=seed, batch=batch, workers=0, **train_overrides)
-    cfg._user_set = {"data", "cfg", "kimg", "seed", "batch", "workers"} | set(train_overrides)
+    cfg.mark_user_set({"data", "cfg", "kimg", "seed", "batch", "workers"} | set(train_overrides))
     ds = open_dataset(data, use_labels=False)
     info = ds.info()
     resolve(cfg, info)

@@ -93,7 +93,7 @@ def train_one(data: str, names: list[str], options: dict, kimg: float, seed: int
     """
     overrides = dict(train_overrides or {})
     cfg = TrainConfig(data=data, cfg="toy", kimg=kimg, seed=seed, workers=0, **overrides)
-    cfg._user_set = {"data", "cfg", "kimg", "seed", "workers"} | set(overrides)
+    cfg.mark_user_set({"data", "cfg", "kimg", "seed", "workers"} | set(overrides))
     ds = open_dataset(data, use_labels=False)
     info = ds.info()
     if not info.get("toy", {}).get("centers"):

@@ -56,7 +56,7 @@ def train_one(names, overrides, args, seed, T):
               ema_kimg=args.ema, workers=0, tick=1e9)
     kw.update(overrides)
     cfg = TrainConfig(**kw)
-    cfg._user_set = set(kw)
+    cfg.mark_user_set(set(kw))
     ds = open_dataset(cfg.data)
     resolve(cfg, ds.info())
     stack = PluginStack(names, {"ddgan": {"steps": T}} if "ddgan" in names else {})

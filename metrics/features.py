@@ -104,7 +104,7 @@ def iter_fakes(G, stack, n: int, device, seed: int = 0, batch: int = 64, c_sampl
                 else:
                     c = torch.zeros([m, int(getattr(G, "c_dim", 0) or 0)], device=device)
                 with torch.no_grad():
-                    out = stack.first("sampler", G=G, z=z, c=c, ctx=None, G_kwargs=dict(G_kwargs))
+                    out = stack.hooks.sampler(G=G, z=z, c=c, ctx=None, G_kwargs=dict(G_kwargs))
                 bar.update(m)
                 yield out.img.float()
 

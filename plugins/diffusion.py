@@ -64,7 +64,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ganstack.training.api import Option, Plugin, PluginError, SignController, hookimpl
+from ganstack.training.api import Option, OptionValues, Plugin, PluginError, SignController, hookimpl
 
 T_EPL_SIZE = 64  # Algorithm 1: t_epl has 64 entries ...
 T_EPL_ZEROS = 32  # ... of which 32 are zeros.
@@ -130,9 +130,9 @@ class DiffusionPlugin(Plugin):
     """Diffusion-GAN: adaptive forward-diffusion noise on D's inputs, D conditioned on t."""
 
     def __init__(self):
-        self._setup(dict(sigma=0.0, beta_start=1e-4, beta_end=0.02, t_min=5, t_max=1000, target=0.6,
-                         adaptive=True, p=0.0, ada_kimg=100.0, interval=4, ts_dist="priority",
-                         t_embed="sincos", t_dim=16), seed=0)
+        defaults = OptionValues.defaults(self.add_options()).as_dict()
+        defaults["t_max"] = defaults["t_max"] or T_MAX_FOR[defaults["ts_dist"]]
+        self._setup(defaults, seed=0)  # until configure runs
 
     # -- options ------------------------------------------------------------------------------
     @hookimpl

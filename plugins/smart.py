@@ -16,15 +16,14 @@ frequency 8 for CIFAR-10-sized data; ``lambda = 0.1``, ``t in [25, 35]`` for Ima
 
 How it plugs into the loop
 --------------------------
-* **Lazy, through ``lazy_regularizers``.** The term is a G regularizer of interval ``k`` (``--smart-interval``,
-  8). It is evaluated on the steps ``s`` with ``s % k == 0`` (step 0 included) in the ``Greg`` phase,
-  multiplied by ``k`` (the lazy gain, so its average weight per step is ``lambda``), and G's Adam
-  lr and betas are corrected as StyleGAN2 does. With several G regularizers (path length every 4 on
-  image presets) one ``Greg`` phase runs on every step where *any* of them is due and evaluates only
-  the due ones; the correction is ``mb_ratio = 1 / (1 + f)`` with ``f`` the share of steps that have
-  a ``Greg`` phase (``ganstack.training.loop.lazy_mb_ratio``): path length 4 + SMaRt 8 gives ``f = 1/4`` and
-  ``mb_ratio = 0.8``, the same as path length alone, because every 8th step is also a 4th.
-  ``--smart-interval 1`` evaluates the term inside ``Gmain`` on every step, without gain or correction.
+* **Lazy, through ``lazy_regularizers``** (the paper's "lazy strategy (Karras et al., 2020)"). The term is a G
+  regularizer of interval ``k`` (``--smart-interval``, 8), evaluated on the steps ``s`` with ``s % k == 0``
+  (step 0 included) and multiplied by ``k`` (the lazy gain, so its average weight per step is ``lambda``). By
+  the loop's one rule it runs in G's ``Greg`` phase when the step is a base reg step (every ``--pl-interval``
+  = 4 on the StyleGAN2 presets, ``cifar`` included: SMaRt's every-8th step always is), and inside ``Gmain``
+  otherwise (the toy MLP, which has no reg phase). It never adds an optimizer step, so enabling smart leaves
+  G's lr and betas exactly as without it (StyleGAN2's correction for the base interval only).
+  ``--smart-interval 1`` evaluates the term inside ``Gmain`` on every step, without gain.
 * **It regularizes G(z) itself** (``ctx.sample()``, the sampler's output), never the augmented image:
   ADA / DiffAugment / Diffusion-GAN augments act on what D sees only, so ``--plugins ada,diffusion,smart``
   stacks in any order. Labels of a conditional GAN go to the score model when it is conditional.
@@ -34,7 +33,7 @@ How it plugs into the loop
   restore, so resumes are exact.
 * **Score models** (``--smart-score``): a checkpoint or run folder of ``ganstack train-score``;
   ``analytic``, the exact score of the built-in ``toy:*`` mixtures (their centers and std come from the
-  dataset's ``info()['toy']``, which the ``network_kwargs`` hook receives as ``data_info``); or
+  dataset's ``info()['toy']``, which the ``start_training`` hook receives as ``data_info``); or
   ``empirical``, the exact score of the training set (the ideal denoiser), for point files.
   A model at another resolution is refused unless ``--smart-resize area|bilinear`` asks to compute
   the regularity on G(z) resized to the model's resolution.
@@ -57,14 +56,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ganstack.plugins.score_models import SCHEDULES, VPSchedule, make_score_model
-from ganstack.training.api import LazyRegularizer, Option, PluginError, hookimpl
+from ganstack.plugins.score_models import SCHEDULES, VPSchedule, check_score_spec, make_score_model
+from ganstack.training.api import Capabilities, LazyRegularizer, Option, PluginError, hookimpl
 
 RESIZE_MODES = ("off", "area", "bilinear")
-INCOMPATIBLE = {
-    "ddgan": "DDGAN's training fakes are intermediate states x_{t-1} of its denoising chain, not samples G(z), "
-             "so a score model of clean data would pull them to the wrong place",
-}
 
 
 def smart_loss(model, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: VPSchedule, weight: float,
@@ -123,11 +118,16 @@ class SmartPlugin:
     """SMaRt: score-matching regularity lambda*||eps_theta(alpha_t G(z) + sigma_t eps, t) - eps||^2 on G, lazy every 8 steps.
 
     A lazy G regularizer (interval k = --smart-interval): evaluated on steps divisible by k, multiplied by k,
-    with StyleGAN2's lr/beta correction over all G regularizers (see the module docstring). It acts on G(z)
+    never changing G's optimizer (see the module docstring). Needs fakes that are clean samples. It acts on G(z)
     itself, never on the augmented image, so it stacks with ada, diffaug and diffusion in any order. The score
     model (--smart-score: a train-score checkpoint or run folder, 'analytic' or 'empirical') is frozen, loaded
     once, and never saved; only its path is. --smart-omit-jacobian skips the backward through it.
     """
+
+    capabilities = Capabilities(
+        requires="sample_fakes",
+        reasons={"sample_fakes": "SMaRt scores the training fakes with a score model of clean data, so they must be "
+                                 "clean samples G(z), not states of a denoising chain"})
 
     def __init__(self):
         self.opts = None
@@ -135,7 +135,6 @@ class SmartPlugin:
         self.model = None
         self.schedule: Optional[VPSchedule] = None
         self._device = None
-        self._tick_scores: list[float] = []
 
     @hookimpl
     def add_options(self):
@@ -174,52 +173,33 @@ class SmartPlugin:
                               f"0 <= t_min <= t_max < --smart-timesteps {opts.timesteps}; the paper uses [40, 60] "
                               f"(CIFAR-10) or [25, 35] (ImageNet) of 1000 (-1: automatic).")
         self.t_range = None  # resolved against the data's scale at the start of training
-        for other, why in INCOMPATIBLE.items():
-            if other in stack:
-                raise PluginError(f"smart cannot stack with {other}: {why}. Use smart with a one-step generator "
-                                  f"(the StyleGAN2 backbone, with ada, diffaug, diffusion or clr).")
         self.schedule = VPSchedule(opts.schedule, opts.timesteps)
         self.use_labels = bool(cfg.cond)
         self.data_spec = cfg.data
 
     @hookimpl
-    def network_kwargs(self, role, data_info):
-        if role == "G":
-            self.data_info = dict(data_info)  # kept to build the score model in lazy_regularizers
+    def check_startup(self):
+        if self.opts.weight:
+            check_score_spec(self.opts.score, who="--smart-score")
 
     @hookimpl
-    def lazy_regularizers(self, cfg):
-        if self.opts.weight == 0:
-            return []
-        self._load_score_model(cfg)
-        return [LazyRegularizer("smart", "G", self.opts.interval, self._regularity)]
-
-    @hookimpl
-    def after_step(self, stats):
-        if "Loss/smart/score" in stats:  # all-reduced step mean: identical on every rank
-            self._tick_scores.append(float(stats["Loss/smart/score"]))
-
-    @hookimpl
-    def report_stats(self):
-        if not self._tick_scores:
-            return None
-        out = {"score": sum(self._tick_scores) / len(self._tick_scores)}
-        self._tick_scores = []
-        return out
-
-    def _load_score_model(self, cfg) -> None:
-        if self.model is not None:
-            return  # loaded once per run
-        if self.data_info is None:  # not built through build_networks: read the dataset's description
-            from ganstack.stylegan_base.datasets import open_dataset
-            self.data_info = open_dataset(cfg.data, use_labels=cfg.cond).info()
-        if self.data_info["kind"] != "image" and self.opts.resize != "off":
+    def start_training(self, data_info, device):
+        if self.opts.weight == 0 or self.model is not None:
+            return  # loaded once per run, and only when the term is on
+        self.data_info = dict(data_info)
+        if data_info["kind"] != "image" and self.opts.resize != "off":
             raise PluginError(f"--smart-resize {self.opts.resize} applies to images; the dataset holds points. "
                               f"Drop --smart-resize.")
         self.t_range = resolve_t_range(self.opts, self.schedule, self.data_info)
         self.model = make_score_model(self.opts.score, self.data_info, use_labels=self.use_labels,
                                       resize=self.opts.resize, dataset_spec=self.data_spec, who="--smart-score")
         self._device = torch.device("cpu")
+
+    @hookimpl
+    def lazy_regularizers(self, cfg):
+        if self.opts.weight == 0:
+            return []
+        return [LazyRegularizer("smart", "G", self.opts.interval, self._regularity)]
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -244,6 +224,6 @@ class SmartPlugin:
         c = fakes.c if model.label_dim else None  # the labels of these samples (a sampler may choose its own)
         loss, mse = smart_loss(model, x, t, eps, self.schedule, self.opts.weight, c=c,
                                omit_jacobian=self.opts.omit_jacobian)
-        ctx.report("Loss/smart/score", mse)
+        ctx.report("Loss/smart/score", mse, status=True)  # also in the status line, under this one name
         ctx.report("Loss/smart/reg", loss.detach())
         return loss

@@ -428,7 +428,7 @@ def report_exception(exc: BaseException, echo=None) -> int:
         code = EXIT_ENVIRONMENT
     elif isinstance(exc, GanstackError):
         echo(f"Error: {clean_message(exc)}")
-        code = EXIT_INPUT
+        code = getattr(exc, "exit_code", EXIT_INPUT)  # e.g. a diverged run's own status
     elif isinstance(exc, OSError):
         echo(f"Error: {describe_os_error(exc)}")
         code = EXIT_ENVIRONMENT

@@ -177,7 +177,8 @@ def test_g_loss_is_lambda_times_the_cd_distance_and_flows_into_theta_only():
     tr.G.requires_grad_(True)
     ctx = _phase(tr)
     fakes = ctx.sample()
-    s = ctx.scratch["cmgan"]
+    s = fakes.info["cmgan"]
+    assert fakes.from_reals and torch.equal(fakes.c, ctx.reals.c)  # training pairs keep their reals' labels
     assert fakes.img is s["out"]  # cmgan mode: D sees the very output the CD term constrains
     k = s["k"]
     grid = plugin.grid.float()
@@ -212,12 +213,11 @@ def test_modes_cd_and_gan():
     torch.manual_seed(3)
     tr.loss.accumulate_gradients(ctx)
     full = [p.grad.clone() for p in tr.G.parameters()]
-    assert ctx.scratch["cmgan"]["out"].requires_grad
     tr.G.zero_grad(set_to_none=True)
     torch.manual_seed(3)
     ctx2 = PhaseContext(tr.loss, "Gmain", 0, 0, ctx.reals, ctx.z, ctx.c)
     fakes = ctx2.sample()
-    assert not fakes.img.requires_grad
+    assert not fakes.img.requires_grad and fakes.info["cmgan"]["out"].requires_grad
     tr.stack.plugins["cmgan"].g_loss(ctx2, fakes)["cd"].mean().backward()
     for a, p in zip(full, tr.G.parameters()):
         torch.testing.assert_close(a, p.grad)
@@ -226,11 +226,11 @@ def test_modes_cd_and_gan():
     plugin.iteration = 50000
     torch.manual_seed(4)
     ctx3 = PhaseContext(tr.loss, "Gmain", 0, 0, ctx.reals, ctx.z, ctx.c)
-    ctx3.sample()
-    s = ctx3.scratch["cmgan"]
+    fakes3 = ctx3.sample()
+    s = fakes3.info["cmgan"]
     grid = plugin.grid.float()
     direct = cd_distance(s["out"], plugin.target, plugin.teacher.denoise, s["x_hi"], grid[s["k"] + 1], grid[s["k"]])
-    torch.testing.assert_close(plugin.g_loss(ctx3, None)["cd"], direct)
+    torch.testing.assert_close(plugin.g_loss(ctx3, fakes3)["cd"], direct)
     # gan: fakes come from eps alone (Appendix A): f(T eps, T), whatever the reals; no teacher, no CD term.
     tr = make_trainer(["cmgan"], {"cmgan": {"mode": "gan", **SMALL}})
     plugin = tr.stack.plugins["cmgan"]
@@ -289,7 +289,7 @@ def test_sampler_one_step_and_multistep():
     _randomize(tr.G_ema.net)
     z = torch.randn(16, 2)
     torch.manual_seed(0)
-    two = tr.stack.first("sampler", G=tr.G_ema, z=z, c=torch.zeros(16, 0), ctx=None, G_kwargs={})
+    two = tr.stack.hooks.sampler(G=tr.G_ema, z=z, c=torch.zeros(16, 0), ctx=None, G_kwargs={})
     torch.manual_seed(0)
     x = tr.G_ema.generate(z)
     smin, smax = tr.G_ema.sigma_min, tr.G_ema.sigma_max
@@ -351,7 +351,7 @@ def test_errors_say_what_to_do(tmp_path):
         make_trainer(["cmgan"], ANALYTIC, pl_weight=2.0)
     with pytest.raises(PluginError, match="sigma-min"):
         make_trainer(["cmgan"], {"cmgan": {"teacher": "analytic", "sigma_min": 100.0}})
-    with pytest.raises(PluginError, match="cannot stack with clr|clr cannot stack with cmgan"):
+    with pytest.raises(PluginError, match="clr cannot run in this stack.*one_latent_per_sample.*replaced by cmgan"):
         make_trainer(["cmgan", "clr"], ANALYTIC)
     _export_teacher(tmp_path / "t.pt", model_channels=16)
     with pytest.raises(PluginError, match=r"--cmgan-channels 16 --cmgan-channel-mult 1,2 --cmgan-blocks 1.*random"):

@@ -189,7 +189,7 @@ def test_conditional_image_D_gets_labels_then_t():
     assert label_dim > 0 and nets.D.c_dim == label_dim + 1 and nets.G.c_dim == label_dim
     labels = torch.eye(label_dim)[torch.arange(4) % label_dim]
     x = DInput(img=torch.randn(4, 3, 16, 16), c=labels)
-    y = stack.chain("augment_d_input", "x", x, ctx=None, is_real=True)
+    y = stack.hooks.augment_d_input(x, ctx=None, is_real=True)
     assert torch.equal(y.c[:, :label_dim], labels)
     assert set(y.c[:, label_dim].tolist()) <= set(map(float, stack.plugins["diffusion"].t_epl))
     logits = nets.D(y.img, y.c)
@@ -215,7 +215,7 @@ def test_augment_order_follows_plugins():
             return inner
         ada.pipe = wrap("ada", ada.pipe)
         diff.diffuse = wrap("diffusion", diff.diffuse)
-        out = stack.chain("augment_d_input", "x", x, ctx=None, is_real=True)
+        out = stack.hooks.augment_d_input(x, ctx=None, is_real=True)
         names = [n for n, _ in calls]
         assert names == [order[0], order[0] + ":out", order[1], order[1] + ":out"]
         assert calls[0][1] is x.img and calls[2][1] is calls[1][1] and out.img is calls[3][1]
@@ -263,7 +263,8 @@ def test_status_line_reports_T_and_r_d():
     assert report["diffusion/T"] == tr.stack.plugins["diffusion"].T
     assert report["diffusion/r_d"] == pytest.approx(tr.stack.plugins["diffusion"].r_d)
     assert -1 <= report["diffusion/r_d"] <= 1 and "Loss/signs/real" in stats
-    line = tr.format_status(tr.status_fields(1.0, 64, 0.0, 1.0), report)
+    from ganstack.training.run import format_status, tick_fields
+    line = format_status(tick_fields(tr.cur_tick, tr.cur_nimg, 1.0, 64, 0.0, 1.0, tr.device), report)
     assert f"diffusion/T {report['diffusion/T']}" in line and "diffusion/r_d " in line
 
 

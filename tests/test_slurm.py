@@ -111,7 +111,7 @@ def _squeue_state(job_id):
 def _checkpoint_after_start(cell_dir, min_nimg=2000):
     """The path of a checkpoint at ``min_nimg`` or later in the cell's first run folder, if one is written."""
     for path in glob.glob(os.path.join(cell_dir, "00000-*", "network-snapshot-*.pt")):
-        if ckpt_io._snapshot_nimg(path) >= min_nimg:
+        if ckpt_io.snapshot_nimg(path) >= min_nimg:
             return path
     return None
 
@@ -169,7 +169,12 @@ def test_slurm_grid_with_a_requeued_cell_equals_the_local_launcher(tmp_path):
         for seed in (0, 1):
             cell = os.path.join("cells", stack, f"seed{seed}")
             assert _same_weights(_final(str(out / cell)), _final(str(local / cell))), cell
-    assert open(out / "results.md").read() == open(local / "results.md").read()
+    # The metric table matches exactly. The training-signals table below it averages each signal over the
+    # last tick, and a resumed cell's ticks start at its resume point, so only that table may differ.
+    def metric_table(path):
+        return open(path).read().split("Training signals at the last tick", 1)[0]
+
+    assert metric_table(out / "results.md") == metric_table(local / "results.md")
 
 
 CRASH_PLUGIN = '''
@@ -389,7 +394,7 @@ def test_gpus_on_one_node_stops_all_ranks_with_a_checkpoint_on_ctrl_c(tmp_path):
     assert code == 128 + signal.SIGINT, text[-3000:]
     assert text.count("Received SIGTERM") == 1 and "Stopped by signal after writing the checkpoint" in text
     run = glob.glob(os.path.join(out, "0*"))[0]
-    nimg = [ckpt_io._snapshot_nimg(p) for p in ckpt_io.list_snapshots(run)]
+    nimg = [ckpt_io.snapshot_nimg(p) for p in ckpt_io.list_snapshots(run)]
     assert 0 < max(nimg) < 200_000  # a checkpoint at the stop, before the end
     assert len(ckpt_io.load(ckpt_io.list_snapshots(run)[-1])["rng"]) == 2
 

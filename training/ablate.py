@@ -215,7 +215,7 @@ def make_config(settings: dict, seed: int):
     from ganstack.training.config import TrainConfig
 
     cfg = TrainConfig(**settings, seed=seed)
-    cfg._user_set = set(settings) | {"seed"}
+    cfg.mark_user_set(set(settings) | {"seed"})
     return cfg
 
 
@@ -357,7 +357,7 @@ def newest_checkpoint(cell_dir: str) -> Optional[str]:
     best = None
     for rd in run_dirs(cell_dir):
         for path in ckpt_io.list_snapshots(rd):
-            nimg = ckpt_io._snapshot_nimg(path)
+            nimg = ckpt_io.snapshot_nimg(path)
             if best is None or nimg >= best[0]:
                 best = (nimg, path)
     return best[1] if best else None

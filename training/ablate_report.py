@@ -261,7 +261,8 @@ def signals_table(cells, stacks) -> str:
     if not names:
         return ""
     names.sort(key=lambda k: (not k.startswith(("D(", "E[")), k))
-    lines = ["", "Training signals at the last tick (mean ± std over seeds):", "",
+    lines = ["", "Training signals at the last tick (mean ± std over seeds; each is averaged over the tick, "
+             "and a resumed cell's ticks start at its resume point):", "",
              "| stack | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for s in stacks:
         row = []

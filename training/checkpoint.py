@@ -1,6 +1,6 @@
 """Training checkpoints: everything needed to resume exactly, written atomically.
 
-A checkpoint (``network-snapshot-<kimg>.pt``) holds G, D, G_ema, both optimizer states, the counters,
+A checkpoint (``network-snapshot-<kimg:06d>.pt``, integer kimg as StyleGAN2-ADA) holds G, D, G_ema, both optimizer states, the counters,
 the training options, the dataset description, the plugin stack with its options and state, and the
 random-number-generator states of every rank. It is loaded with ``torch.load(weights_only=True)``, so
 opening a checkpoint never runs code from it.
@@ -12,7 +12,7 @@ import os
 import random
 import re
 import tempfile
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
@@ -28,7 +28,6 @@ class DiskFullError(cli_support.DiskFullError, CheckpointError):
 
 FORMAT = "ganstack.checkpoint"
 VERSION = 1
-SNAPSHOT_GLOB = "network-snapshot-*.pt"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,59 +90,95 @@ def atomic_save(obj, path: str) -> None:
 
 
 def kimg_tag(cur_nimg: int) -> str:
-    """``000012`` for 12 kimg, as in StyleGAN2-ADA's file names; ``000000.512`` for 512 images."""
-    frac = f".{cur_nimg % 1000:03d}" if cur_nimg % 1000 else ""
-    return f"{cur_nimg // 1000:06d}{frac}"
+    """``000012`` for 12 kimg (and for 12.5 kimg): integer kimg, as in StyleGAN2-ADA's file names."""
+    return f"{int(cur_nimg) // 1000:06d}"
 
 
 SNAPSHOT_PREFIX = "network-snapshot-"
+NONFINITE_SUFFIX = "-nonfinite"
 
 
 def _snapshot_re(prefix: str) -> re.Pattern:
+    # Integer kimg (000012); older ganstack versions also wrote a fraction (000002.032), still read.
     return re.compile(re.escape(prefix) + r"(\d+)(?:\.(\d{3}))?\.pt$")
 
 
-def snapshot_name(cur_nimg: int, prefix: str = SNAPSHOT_PREFIX) -> str:
-    return f"{prefix}{kimg_tag(cur_nimg)}.pt"
+def snapshot_name(cur_nimg: int, prefix: str = SNAPSHOT_PREFIX, finite: bool = True) -> str:
+    """``network-snapshot-<kimg:06d>.pt``. One file per integer kimg: a later snapshot at the same integer kimg
+    replaces the earlier one (as in StyleGAN2-ADA). Non-finite states (kept only with ``--allow-nonfinite``) get
+    ``-nonfinite`` and never replace, or count as, a snapshot."""
+    return f"{prefix}{kimg_tag(cur_nimg)}{'' if finite else NONFINITE_SUFFIX}.pt"
 
 
-def snapshot_path(run_dir: str, cur_nimg: int, prefix: str = SNAPSHOT_PREFIX) -> str:
-    return os.path.join(run_dir, snapshot_name(cur_nimg, prefix))
+def snapshot_path(run_dir: str, cur_nimg: int, prefix: str = SNAPSHOT_PREFIX, finite: bool = True) -> str:
+    return os.path.join(run_dir, snapshot_name(cur_nimg, prefix, finite))
 
 
-def _snapshot_nimg(path: str, prefix: str = SNAPSHOT_PREFIX) -> int:
+def snapshot_nimg(path: str, prefix: str = SNAPSHOT_PREFIX) -> int:
+    """The image count a snapshot's name stands for (kimg * 1000, plus the fraction of old names): its order."""
     m = _snapshot_re(prefix).search(path)
     return int(m.group(1)) * 1000 + int(m.group(2) or 0)
 
 
 def list_snapshots(run_dir: str, prefix: str = SNAPSHOT_PREFIX) -> list[str]:
     """Snapshots ``<prefix><kimg>.pt`` in ``run_dir``, oldest first (by kimg, then modification time);
-    ``train`` writes ``network-snapshot-*``, ``train-score`` ``score-snapshot-*``."""
+    ``train`` writes ``network-snapshot-*``, ``train-score`` ``score-snapshot-*``. Non-finite states are not
+    snapshots."""
     pattern = _snapshot_re(prefix)
     paths = [p for p in glob.glob(os.path.join(run_dir, prefix + "*.pt")) if pattern.search(p)]
-    return sorted(paths, key=lambda p: (_snapshot_nimg(p, prefix), os.path.getmtime(p)))
+    return sorted(paths, key=lambda p: (snapshot_nimg(p, prefix), os.path.getmtime(p)))
 
 
-def prune_snapshots(run_dir: str, keep: int, prefix: str = SNAPSHOT_PREFIX) -> None:
-    """Delete all but the newest ``keep`` snapshots (``keep == 0`` keeps all)."""
-    if keep <= 0:
-        return
-    for old in list_snapshots(run_dir, prefix)[:-keep]:
+def prune_snapshots(run_dir: str, keep: int, prefix: str = SNAPSHOT_PREFIX, protect: Iterable[str] = ()) -> None:
+    """Delete all but the newest ``keep`` snapshots (``keep == 0`` keeps all), never one in ``protect``, and all but
+    the newest non-finite state."""
+    if keep > 0:
+        keep_set = {os.path.abspath(p) for p in protect if p}
+        for old in list_snapshots(run_dir, prefix)[:-keep]:
+            if os.path.abspath(old) not in keep_set:
+                os.remove(old)
+    bad = sorted(glob.glob(os.path.join(run_dir, f"{prefix}*{NONFINITE_SUFFIX}.pt")), key=os.path.getmtime)
+    for old in bad[:-1]:
         os.remove(old)
+
+
+def write_snapshot(data: dict, run_dir: str, cur_nimg: int, keep: int, prefix: str = SNAPSHOT_PREFIX,
+                   finite: bool = True, last_finite: Optional[str] = None, save=None) -> tuple[str, Optional[str]]:
+    """Write a snapshot atomically and prune old ones, never the last finite one.
+
+    Returns ``(path, last_finite)``: the file written and the newest finite snapshot after this one. ``save``
+    writes the file (default :func:`atomic_save`; train-score adds its format tag).
+    """
+    path = snapshot_path(run_dir, cur_nimg, prefix, finite=finite)
+    (save or atomic_save)(data, path)
+    if finite:
+        last_finite = path
+    prune_snapshots(run_dir, keep, prefix, protect=[last_finite])
+    return path, last_finite
+
+
+def resolve_snapshot(path: str, prefix: str = SNAPSHOT_PREFIX, what: str = "--resume",
+                     hint: str = "Give a network-snapshot-*.pt file or a run folder.") -> str:
+    """A checkpoint file, or the newest snapshot in a run folder (``train`` and ``train-score`` alike).
+
+    A folder without snapshots that holds run folders with some (an ``--outdir``) is named in the error.
+    """
+    path = os.path.expanduser(str(path))
+    if os.path.isdir(path):
+        snaps = list_snapshots(path, prefix)
+        if not snaps:
+            runs = sorted(d for d in glob.glob(os.path.join(path, "*")) if os.path.isdir(d) and list_snapshots(d, prefix))
+            tip = f" It looks like an --outdir: did you mean the run folder {runs[-1]!r}?" if runs else ""
+            raise CheckpointError(f"{what} {path!r} is a folder that holds no {prefix}*.pt file.{tip} {hint}")
+        return snaps[-1]
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} {path!r} does not exist: no such file or folder. {hint}")
+    return path
 
 
 def resolve_resume(path: str, flag: str = "--resume") -> str:
     """``--resume`` (or ``--network``) takes a checkpoint file or a run folder (its newest snapshot)."""
-    if os.path.isdir(path):
-        snaps = list_snapshots(path)
-        if not snaps:
-            raise CheckpointError(f"{flag} {path!r} is a folder without any {SNAPSHOT_GLOB} file; "
-                                  f"give a checkpoint file or the run folder that holds one.")
-        return snaps[-1]
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{flag} {path!r}: no such file or folder. Give a network-snapshot-*.pt "
-                              f"file or a run folder.")
-    return path
+    return resolve_snapshot(path, what=flag)
 
 
 # What each use of a checkpoint reads (their absence would otherwise end in a KeyError).

@@ -7,9 +7,7 @@ Every plugin option becomes a flag ``--<plugin>-<option>`` of ``train``.
 from __future__ import annotations
 
 import importlib.metadata as importlib_metadata
-import json
 import os
-import re
 from typing import Optional
 
 import click
@@ -20,12 +18,12 @@ from ganstack.stylegan_base.cli_support import (DEVICE, FINITE_FLOAT, SEED, SEED
 from ganstack.stylegan_base.errors import CheckpointError, GanstackError
 from ganstack.training.api import ConfigError, PluginError
 from ganstack.training.config import ALL_PRESETS, TrainConfig
-from ganstack.training.plugin_manager import (CORE_NAME, discover, hook_names, load_plugin, parse_stack,
-                                     plugin_option_schema)
+from ganstack.training.plugin_manager import (CORE_NAME, declared_capabilities, discover, hook_names, load_plugin,
+                                              parse_stack, plugin_option_schema)
+from ganstack.training.run import TRAIN_RESUME_MUTABLE as RESUME_MUTABLE  # noqa: F401 - the list --help names
+from ganstack.training.run import run_training as _run_training
 
 COMMAND_GROUP = "ganstack.commands"
-# Options a resumed run may change; everything else must match the checkpoint.
-RESUME_MUTABLE = {"kimg", "snap", "image_snap", "keep", "workers", "metrics", "tick", "device", "tensorboard"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,33 +69,6 @@ def _load_schemas(registry) -> dict:
 def _user_set(ctx: click.Context, names) -> set:
     from click.core import ParameterSource
     return {n for n in names if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)}
-
-
-def next_run_dir(outdir: str, desc: str) -> str:
-    """The folder :func:`new_run_dir` would create now (nothing is created)."""
-    names = os.listdir(outdir) if os.path.isdir(outdir) else []
-    ids = [int(m.group(1)) for m in (re.match(r"^(\d+)-", d) for d in names) if m]
-    return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
-
-
-def new_run_dir(outdir: str, desc: str) -> str:
-    """``<outdir>/<NNNNN>-<desc>`` with the next free number, as StyleGAN2-ADA names runs."""
-    os.makedirs(outdir, exist_ok=True)
-    path = next_run_dir(outdir, desc)
-    os.makedirs(path, exist_ok=False)
-    return path
-
-
-class Tee:
-    """Print to the terminal and to ``log.txt`` in the run folder."""
-
-    def __init__(self, path):
-        self.f = open(path, "at")
-
-    def __call__(self, msg: str):
-        click.echo(msg)
-        self.f.write(msg + "\n")
-        self.f.flush()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,7 +120,17 @@ TRAIN_OPTIONS = [
                           help="Mixed precision on GPU (autocast).")),
     ("--device", "device", dict(type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")),
     ("--tensorboard", "tensorboard", dict(is_flag=True, default=False, help="Also log to TensorBoard in the run folder.")),
+    ("--allow-nonfinite", "allow_nonfinite", dict(is_flag=True, default=False,
+                                                  help="Keep training when losses or weights become non-finite "
+                                                       "(default: stop with exit status 3 and keep the last finite "
+                                                       "checkpoint).")),
 ]
+FLAGS = {field: flag for flag, field, _ in TRAIN_OPTIONS}
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of a TrainConfig option."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def _config_from_cli(ctx, kwargs) -> tuple[TrainConfig, set]:
@@ -161,7 +142,7 @@ def _config_from_cli(ctx, kwargs) -> tuple[TrainConfig, set]:
         values[field] = v
     cfg = TrainConfig(**values)
     user = _user_set(ctx, [f for _, f, _ in TRAIN_OPTIONS])
-    cfg._user_set = set(user)
+    cfg.mark_user_set(user)
     return cfg, user
 
 
@@ -175,137 +156,11 @@ def _plugin_options_from_cli(kwargs, schemas) -> dict:
     return given
 
 
-def _run_description(cfg, names, data_name) -> str:
-    plugins = "-".join(names) if names else "none"
-    desc = f"{data_name}-{cfg.cfg}-{plugins}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", desc)[:120]
-
-
 def run_training(cfg: TrainConfig, plugin_names, plugin_options: dict, outdir: str,
                  resume: Optional[str] = None, dry_run: bool = False, log=None, device=None) -> Optional[str]:
-    """Everything ``ganstack train`` does after parsing; also used by ``ganstack ablate`` and tests.
-
-    Returns the run folder (None for a dry run, which creates nothing).
-    """
-    import torch
-
-    from ganstack.stylegan_base.datasets import open_dataset
-    from ganstack.training import checkpoint as ckpt_io
-    from ganstack.training import distributed
-    from ganstack.training.config import resolve, validate
-    from ganstack.training.loop import Trainer
-    from ganstack.training.plugin_manager import PluginStack
-    from ganstack.training.preflight import preflight
-
-    check_output_dir(outdir, "--outdir")
-    resume_ckpt = None
-    if resume:
-        resume_ckpt = ckpt_io.load(resume)
-        cfg, plugin_names, plugin_options = _merge_resume(cfg, plugin_names, plugin_options, resume_ckpt)
-
-    dev = device or cfg.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    rank, world, local_rank = distributed.init_from_env(torch.device(dev).type)
-    if torch.device(dev).type == "cuda" and world > 1:
-        dev = f"cuda:{local_rank}"
-
-    dataset = open_dataset(cfg.data, mirror=cfg.mirror, max_size=cfg.max_size, use_labels=cfg.cond)
-    info = dataset.info()
-    if resume_ckpt is not None:
-        _check_dataset_compatible(resume_ckpt["dataset"], info, cfg.data)
-        validate(cfg, info, world)
-    else:
-        resolve(cfg, info, world)
-    stack = PluginStack(plugin_names, plugin_options)
-    stack.configure(cfg)
-    validate(cfg, info, world)
-    # Everything that can be checked without training fails here, before a run folder exists.
-    preflight(cfg, stack, info, device=dev, log=log or click.echo)
-
-    run_dir = None
-    desc = _run_description(cfg, stack.names, info.get("name", "data"))
-    if dry_run:  # no side effects: no run folder, no run number used up
-        log = log or click.echo
-        log(f"Run folder:   none (dry run; the next run would be {next_run_dir(outdir, desc)})")
-    else:
-        if rank == 0:
-            run_dir = new_run_dir(outdir, desc)
-        run_dir = distributed.broadcast_object(run_dir)
-        if log is None:
-            log = Tee(os.path.join(run_dir, "log.txt")) if rank == 0 else (lambda *_: None)
-        if rank == 0:
-            with open(os.path.join(run_dir, "training_options.json"), "wt") as f:
-                json.dump({"config": cfg.to_dict(), "plugins": stack.names, "plugin_options": stack.options_dict(),
-                           "dataset": info, "resume": resume_ckpt["path"] if resume_ckpt else None,
-                           "world_size": world}, f, indent=2)
-        log(f"Run folder:   {run_dir}")
-    log(f"Dataset:      {cfg.data} ({_describe_info(info)})")
-    log(f"Preset:       {cfg.cfg}  batch {cfg.batch}  glr {cfg.glr:g}  dlr {cfg.dlr:g}  gamma {cfg.gamma:g}  "
-        f"ema {cfg.ema_kimg:g} kimg" + (f" (rampup {cfg.ema_rampup:g})" if cfg.ema_rampup else "")
-        + f"  kimg {cfg.kimg:g}  GPUs {world}  device {dev}")
-    log(f"Plugins:      {', '.join(stack.names) or 'none'}" + (
-        "" if len(stack.names) < 2 else "   (pre-D augments run in this order)"))
-    for name in stack.names:
-        opts = ", ".join(f"{k}={v}" for k, v in stack.options[name].as_dict().items())
-        if opts:
-            log(f"  {name}: {opts}")
-    if dry_run:
-        log("Dry run: options are valid; exiting without training.")
-        return None
-    trainer = Trainer(cfg, stack, dataset, run_dir=run_dir, resume=resume_ckpt, device=dev, log=log)
-    if resume_ckpt is not None:
-        log(f"Resuming from {resume_ckpt['path']} at {trainer.cur_nimg / 1000:.1f} kimg.")
-    n_g = sum(p.numel() for p in trainer.G.parameters())
-    n_d = sum(p.numel() for p in trainer.D.parameters())
-    log(f"Networks:     G {n_g / 1e6:.2f} M params, D {n_d / 1e6:.2f} M params")
-    trainer.run()
-    return run_dir
-
-
-def _describe_info(info) -> str:
-    if info["kind"] == "image":
-        s = f"{info['len']} images, {info['resolution']}x{info['resolution']}x{info['num_channels']}"
-    else:
-        s = f"{info['len']} points in {info['point_dim']}-D"
-    if info.get("label_dim"):
-        s += f", {info['label_dim']} label dims"
-    return s
-
-
-def _check_dataset_compatible(saved: dict, now: dict, spec: str):
-    keys = ["kind", "resolution", "num_channels", "point_dim", "label_dim"]
-    diff = [k for k in keys if saved.get(k) != now.get(k)]
-    if diff:
-        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs data {now.get(k)!r}" for k in diff)
-        raise CheckpointError(f"The checkpoint was trained on data of another shape than {spec!r} ({detail}). "
-                              f"Resume with the dataset it was trained on (--data {saved.get('name', '?')}).")
-
-
-def _merge_resume(cfg: TrainConfig, names, options, ckpt):
-    saved = TrainConfig.from_dict(ckpt["config"])
-    conflicts = []
-    for field in sorted(cfg._user_set):
-        if field in RESUME_MUTABLE:
-            continue
-        if getattr(cfg, field) != getattr(saved, field):
-            conflicts.append(f"--{field.replace('_', '-')} {getattr(cfg, field)!r} (checkpoint: {getattr(saved, field)!r})")
-    for field in cfg._user_set & RESUME_MUTABLE:
-        setattr(saved, field, getattr(cfg, field))
-    saved._user_set = set(saved._user_set) | (cfg._user_set & RESUME_MUTABLE)
-    if names is not None and parse_stack(names) != list(ckpt["plugins"]):
-        conflicts.append(f"--plugins {','.join(parse_stack(names)) or 'none'} "
-                         f"(checkpoint: {','.join(ckpt['plugins']) or 'none'})")
-    for plugin, opts in (options or {}).items():
-        for key, value in opts.items():
-            old = ckpt["plugin_options"].get(plugin, {}).get(key)
-            if str(old) != str(value):
-                conflicts.append(f"{_flag(plugin, key)} {value!r} (checkpoint: {old!r})")
-    if conflicts:
-        raise CheckpointError("A resumed run continues with the options of its checkpoint, but these differ: "
-                              + "; ".join(conflicts) + ". Drop them, or start a new run without --resume. "
-                              f"Only {', '.join('--' + f.replace('_', '-') for f in sorted(RESUME_MUTABLE))} may change.")
-    return saved, list(ckpt["plugins"]), ckpt["plugin_options"]
+    """Everything ``ganstack train`` does after parsing (:func:`ganstack.training.run.run_training`)."""
+    return _run_training(cfg, plugin_names, plugin_options, outdir, resume=resume, dry_run=dry_run, log=log,
+                         device=device, flag=flag_of)
 
 
 def make_train_command(schemas: dict) -> click.Command:
@@ -317,7 +172,9 @@ def make_train_command(schemas: dict) -> click.Command:
         click.Option(["--plugins"], type=str, default=None,
                      help="Comma-separated plugins in order, e.g. ada,diffusion (pre-D augments run in this order)."),
         click.Option(["--resume"], type=str, default=None,
-                     help="Continue exactly from a checkpoint file or the newest one in a run folder."),
+                     help="Continue exactly from a checkpoint file or the newest one in a run folder; only "
+                          + ", ".join(flag_of(f) for f in RESUME_MUTABLE) + " may change (--data: the same data "
+                          "at another path)."),
         click.Option(["--dry-run"], is_flag=True, default=False, help="Check the options, print them, and exit."),
     ]
     from ganstack.training import launch  # --gpus, --nodes, --launcher slurm (launch.py)
@@ -501,6 +358,12 @@ def plugins_show(name):
         click.echo("\n" + "\n".join("  " + line.strip() for line in doc.splitlines()))
     hooks = [h for h in hook_names() if hasattr(getattr(obj, h, None), "ganstack_impl")]
     click.echo(f"\nHooks: {', '.join(hooks) or '(none)'}")
+    click.echo("Declarations:")
+    for line in declared_capabilities(obj).describe():
+        click.echo(f"  {line}")
+    for opt in plugin_option_schema(obj):
+        for value, feats in dict(opt.requires).items():
+            click.echo(f"  {_flag(name, opt.name)} {value} requires: {', '.join([feats] if isinstance(feats, str) else feats)}")
     schema = plugin_option_schema(obj)
     if not schema:
         click.echo("Options: (none)")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from ganstack.training.api import ConfigError
+from ganstack.training.options import RunOptions
 
 # StyleGAN2-ADA (Karras et al. 2020), train.py: cfg_specs.
 #   mb: total batch, mbstd: minibatch-std group, fmaps: channel_base / 32768, lrate: G and D lr,
@@ -46,18 +47,14 @@ ALL_PRESETS = IMAGE_PRESETS + ("toy",)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     """Every option of a training run (saved in checkpoints).
 
     Names follow StyleGAN2-ADA / StyleGAN3 ``train.py`` where the concept exists there.
     ``None`` means "take it from the preset".
     """
 
-    # data
-    data: str = "toy:gaussians25"
-    cond: bool = False
-    mirror: bool = False
-    max_size: Optional[int] = None
+    # data: data, cond, mirror, max_size (RunOptions)
     # preset and length
     cfg: str = "auto"
     kimg: Optional[float] = None
@@ -103,52 +100,11 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "off"
     tensorboard: bool = False
+    allow_nonfinite: bool = False
     # resolved, not options
     ref_gpus: int = 1
-    _user_set: set = field(default_factory=set, repr=False, compare=False)
 
-    def is_user_set(self, name: str) -> bool:
-        """True when the user gave ``name`` explicitly (plugins must not override those)."""
-        return name in self._user_set
-
-    def set_default(self, name: str, value) -> bool:
-        """Set ``name`` unless the user set it; return whether it was set. For plugin presets."""
-        if not hasattr(self, name) or name.startswith("_"):
-            raise AttributeError(f"TrainConfig has no option {name!r}")
-        if self.is_user_set(name):
-            return False
-        setattr(self, name, value)
-        return True
-
-    def to_dict(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.name.startswith("_"):
-                continue
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        out["user_set"] = sorted(self._user_set)
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        user_set = set(d.pop("user_set", []))
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"The checkpoint's training options include {unknown}, which this version of "
-                              f"ganstack does not know. Use the ganstack version that wrote it.")
-        for key in ("g_betas", "d_betas", "metrics"):
-            if key in d and isinstance(d[key], list):
-                d[key] = tuple(d[key])
-        cfg = cls(**d)
-        cfg._user_set = user_set
-        return cfg
-
-    @property
-    def total_nimg(self) -> int:
-        return int(round(self.kimg * 1000))
+    TUPLE_FIELDS = ("g_betas", "d_betas", "metrics")
 
 
 def resolve(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> TrainConfig:

@@ -52,7 +52,7 @@ from ganstack.training.api import ConfigError
 
 LAUNCHERS = ("local", "slurm")
 JOBS_FILE = "jobs.json"
-STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # the loop's "checkpoint written, stopped"
+STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGUSR1)  # the loop's "checkpoint written, stopped"
 DEFAULT_TIME = "4:00:00"
 SLURM_LIVE = {  # squeue %T -> what a cell is doing
     "PENDING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued", "REQUEUE_FED": "queued",
@@ -776,7 +776,7 @@ class TrainJob(SupervisedJob):
         best = None
         for rd in self.my_runs():
             for path in ckpt_io.list_snapshots(os.path.join(self.outdir, rd)):
-                nimg = ckpt_io._snapshot_nimg(path)
+                nimg = ckpt_io.snapshot_nimg(path)
                 if best is None or nimg >= best[0]:
                     best = (nimg, path)
         if best is not None:

@@ -49,13 +49,14 @@ def check_plugins_fit(stack, cfg, data_info: dict) -> None:
     from ganstack.training.nets import backbone_kwargs
 
     G_kwargs, D_kwargs = backbone_kwargs(cfg, data_info)
-    stack.chain("network_kwargs", "kwargs", G_kwargs, role="G", data_info=data_info, cfg=cfg)
-    stack.chain("network_kwargs", "kwargs", D_kwargs, role="D", data_info=data_info, cfg=cfg)
+    stack.hooks.network_kwargs(G_kwargs, role="G", data_info=data_info, cfg=cfg)
+    stack.hooks.network_kwargs(D_kwargs, role="D", data_info=data_info, cfg=cfg)
 
 
 def preflight(cfg, stack, data_info: dict, device="cpu", log: Callable = print) -> None:
     """Every start-up check of a training run (see the module docstring); raises GanstackError."""
     check_plugins_fit(stack, cfg, data_info)
+    stack.hooks.check_startup(data_info=data_info, cfg=cfg)
     if cfg.metrics:
         check_metrics(cfg.metrics, data_info, device=device, log=log)
     if cfg.tensorboard:

@@ -108,7 +108,7 @@ def imported_config(nets: dict, snap: legacy.OfficialSnapshot) -> tuple[TrainCon
     else:
         notes.append('The pickle has no D; the checkpoint holds a freshly initialised D.')
     cfg = TrainConfig(data=spec or snap.source, cond=c_dim > 0, mirror=bool(tsk.get('xflip')), **arch)
-    cfg._user_set = set(arch) | {'data', 'cond'}
+    cfg.mark_user_set(set(arch) | {'data', 'cond'})
     if cfg.mbstd_group:
         cfg.batch = max(32 // cfg.mbstd_group, 1) * cfg.mbstd_group
     try:

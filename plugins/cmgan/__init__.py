@@ -75,17 +75,13 @@ import torch
 from ganstack.plugins.cmgan.consistency import (ConsistencyFunction, cd_distance, cd_weighting, consistency_scalings,
                                        karras_grid, multistep_sample, ode_step, parse_sample_ts, update_target)
 from ganstack.stylegan_base.errors import CheckpointError
-from ganstack.training.api import DInput, Option, Plugin, PluginError, hookimpl
+from ganstack.training.api import Capabilities, DInput, Option, Plugin, PluginError, hookimpl
 
 __all__ = ["CMGANPlugin", "ConsistencyFunction", "cd_distance", "cd_weighting", "consistency_scalings",
            "karras_grid", "multistep_sample", "ode_step", "update_target"]
 
 MODES = ("cmgan", "cd", "gan")
 EDM_SIGMAS = (0.002, 80.0)  # CM/EDM's sigma_min, sigma_max for images of sigma_data 0.5
-_INCOMPATIBLE = {
-    "clr": "CLR-GAN reconstructs reals as G(phi(x)) from a latent predicted by D, but f_theta's input is "
-           "image-shaped noise at sigma_max, so that reconstruction has no meaning",
-}
 
 
 def _arch_for(data_info: dict, c_dim: int, opts) -> dict:
@@ -109,6 +105,11 @@ def _same_arch(a: dict, b: dict) -> bool:
 class CMGANPlugin(Plugin):
     """CM-GAN: consistency model f_theta as G, consistency-distillation loss plus adversarial loss (Lu et al. 2023)."""
 
+    # Replaces G and the sampler (its hooks say so). f_theta's training fakes f(x_{t_{n+1}}, t_{n+1}) are
+    # predictions of clean data; f_theta has no W space and its input is image-shaped noise, not one latent vector
+    # a D head could predict (so it declares neither w_space nor one_latent_per_sample).
+    capabilities = Capabilities(provides="sample_fakes")
+
     def __init__(self):
         self.opts = None
         self.grid: Optional[torch.Tensor] = None  # ascending t_1 .. t_N (float64, CPU)
@@ -117,9 +118,7 @@ class CMGANPlugin(Plugin):
         self.teacher = None
         self.target: Optional[ConsistencyFunction] = None
         self.iteration = 0
-        self._nets = None
         self._pending_target: Optional[dict] = None
-        self._cfg = None
 
     # ------------------------------------------------------------------------------------------
     # Start-up
@@ -166,7 +165,6 @@ class CMGANPlugin(Plugin):
     @hookimpl
     def configure(self, opts, cfg, stack):
         self.opts = opts
-        self._cfg = cfg
         if opts.sigma_min and opts.sigma_max and opts.sigma_min >= opts.sigma_max:
             raise PluginError(f"--cmgan-sigma-min {opts.sigma_min} must be below --cmgan-sigma-max {opts.sigma_max} "
                               f"(CM/EDM: 0.002 and 80).")
@@ -187,27 +185,12 @@ class CMGANPlugin(Plugin):
         except ValueError as exc:
             raise PluginError(f"--cmgan-sample-ts: {exc}. Use 0 for one-step sampling or, e.g., 0,{opts.num_steps // 2} "
                               f"for two steps on the N = {opts.num_steps} grid.") from None
-        for other, why in _INCOMPATIBLE.items():
-            if other in stack:
-                raise PluginError(f"cmgan cannot stack with {other}: {why}. Use {other} with the StyleGAN2 backbone.")
         self._set_sigmas({"kind": "image"})  # until build_generator sees the data
-        # f_theta has no W space: StyleGAN2's path length and style mixing do not apply.
-        cfg.set_default("pl_weight", 0.0)
-        cfg.set_default("style_mixing", 0.0)
-        for name in ("pl_weight", "style_mixing"):
-            if getattr(cfg, name) not in (None, 0, 0.0):
-                flag = "--" + name.replace("_", "-")
-                raise PluginError(f"{flag} {getattr(cfg, name)} needs StyleGAN2's W space, which cmgan's "
-                                  f"f_theta(x, sigma) does not have. Use {flag} 0.")
+        # f_theta has no W space: the core sets path length and style mixing to 0 (and refuses them if given).
         # Official consistency-distillation optimizer settings (cm_train.py: Adam(W) defaults, lr 1e-4).
         cfg.set_default("g_betas", (0.9, 0.999))
         if str(cfg.cfg) != "toy":
             cfg.set_default("glr", 1e-4)
-
-    @hookimpl
-    def network_kwargs(self, role, kwargs, data_info):
-        if role == "G":
-            self.data_info = dict(data_info)
 
     def _set_sigmas(self, data_info: dict) -> None:
         """Resolve sigma_min/sigma_max against the data's scale (``EDM_SIGMAS`` at the images' sigma_data 0.5)
@@ -242,30 +225,24 @@ class CMGANPlugin(Plugin):
                                    sigma_max=self.sigma_max, sigma_data=o.sigma_data or 0.5)
 
     @hookimpl
-    def modify_networks(self, nets):
-        # Kept so that the start of training can initialise G and G_ema alike (G_ema is copied from G
-        # after this hook, before the teacher is loaded).
-        self._nets = nets
+    def check_startup(self):
+        if self.opts.mode != "gan":
+            from ganstack.plugins.score_models import check_score_spec
+            check_score_spec(self.opts.teacher, who="--cmgan-teacher")
 
     @hookimpl
-    def lazy_regularizers(self, cfg):
-        """Start of training (the Trainer calls this once, after the networks exist): load the teacher, settle
-        sigma_data, initialise f_theta from the teacher and create the target network. Adds no regularizer."""
-        self._start_training(cfg)
-        return []
+    def start_training(self, nets, data_info, device, cfg):
+        """Load the teacher, settle sigma_data, initialise f_theta (G and G_ema alike) from the teacher and create
+        the target network. A resumed run's target is then restored by ``load_state_dict``."""
+        self._start_training(nets, data_info, device, cfg)
 
-    def _start_training(self, cfg) -> None:
-        nets = self._nets
-        if nets is None or not isinstance(nets.G, ConsistencyFunction):
-            raise PluginError("cmgan's generator was replaced by another plugin; cmgan needs its own f_theta. "
-                              "Drop the other plugin that builds G.")
+    def _start_training(self, nets, data_info, device, cfg) -> None:
         G = nets.G
-        device = next(G.parameters()).device
+        self.data_info = dict(data_info)
         o = self.opts
         if o.mode != "gan" and self.teacher is None:
             from ganstack.plugins.score_models import make_score_model
-            info = self.data_info or self._dataset_info(cfg)
-            self.teacher = make_score_model(o.teacher, info, use_labels=bool(cfg.cond), dataset_spec=cfg.data,
+            self.teacher = make_score_model(o.teacher, self.data_info, use_labels=bool(cfg.cond), dataset_spec=cfg.data,
                                             device=device, who="--cmgan-teacher")
         sigma_data = o.sigma_data
         init_from = None
@@ -298,11 +275,6 @@ class CMGANPlugin(Plugin):
             self._pending_target = None
 
     @staticmethod
-    def _dataset_info(cfg) -> dict:
-        from ganstack.stylegan_base.datasets import open_dataset
-        return open_dataset(cfg.data, use_labels=cfg.cond, max_size=cfg.max_size).info()
-
-    @staticmethod
     def _points_std(cfg) -> float:
         from ganstack.stylegan_base.datasets import open_dataset
         ds = open_dataset(cfg.data, use_labels=False, max_size=cfg.max_size)
@@ -331,19 +303,19 @@ class CMGANPlugin(Plugin):
         t_hi = grid[k + 1]
         x_hi = x0 + t_hi.reshape([m] + [1] * (x0.ndim - 1)) * G.latent_to_sample_shape(z)
         out = G(x_hi, t_hi, c_real)
-        ctx.scratch["cmgan"] = {"k": k, "x_hi": x_hi, "out": out, "c": c_real}
         img = out if self.opts.mode == "cmgan" else out.detach()
-        return DInput(img=img, c=c_real)
+        # Training pairs: row i noises real i and keeps its label; g_loss finds the draws in ``info``.
+        return DInput(img=img, c=c_real, from_reals=True, info={"cmgan": {"k": k, "x_hi": x_hi, "out": out}})
 
     @hookimpl
     def g_loss(self, ctx, fakes):
         if self.opts.mode == "gan":
             return None
-        s = ctx.scratch.get("cmgan")
+        s = fakes.info.get("cmgan") if fakes is not None else None
         if s is None:
-            raise RuntimeError("cmgan's g_loss ran in a phase whose fakes were not made by cmgan's sampler")
+            raise RuntimeError("cmgan's g_loss got fakes that cmgan's sampler did not make")
         o = self.opts
-        k, x_hi, out, c = s["k"], s["x_hi"], s["out"], s["c"]
+        k, x_hi, out, c = s["k"], s["x_hi"], s["out"], fakes.c
         grid = self.grid.to(device=x_hi.device, dtype=torch.float32)
         t_lo, t_hi = grid[k], grid[k + 1]
         dist = cd_distance(out, self.target, self._teacher_denoise, x_hi, t_hi, t_lo, c, o.solver, o.cd_norm)

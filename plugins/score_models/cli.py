@@ -46,6 +46,9 @@ OPTIONS = [
     ("--device", "device", dict(type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")),
     ("--pictures/--no-pictures", "pictures", dict(default=True, show_default=True,
                                                   help="Write samples (Heun, 18 steps) at each checkpoint.")),
+    ("--allow-nonfinite", "allow_nonfinite", dict(is_flag=True, default=False,
+                                                  help="Keep training when the loss or weights become non-finite "
+                                                       "(default: stop with exit status 3).")),
 ]
 
 
@@ -65,8 +68,7 @@ def _make_command() -> click.Command:
         user_set = {f for _, f, _ in OPTIONS if ctx.get_parameter_source(f) not in (ParameterSource.DEFAULT, None)}
         if kwargs["data"] is None:
             kwargs["data"] = _D.data  # replaced by the checkpoint's dataset
-        cfg = ScoreTrainConfig(**kwargs)
-        cfg._user_set = user_set
+        cfg = ScoreTrainConfig(**kwargs).mark_user_set(user_set)
         run_training(cfg, outdir, resume=resume)
 
     return click.Command(

@@ -1,4 +1,8 @@
-"""``ganstack metrics`` and ``ganstack train-classifier`` (registered through ``ganstack.commands``)."""
+"""``ganstack metrics`` and ``ganstack train-classifier`` (registered through ``ganstack.commands``).
+
+These commands load training checkpoints, so they live in ``training/`` (above ``metrics/``, which never imports
+``training/``).
+"""
 from __future__ import annotations
 
 import os
