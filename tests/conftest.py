@@ -17,7 +17,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 # A tiny image setup: 16x16 procedural shapes, small channel counts.
 TINY_IMAGE = dict(data="shapes16?n=256", cfg="stylegan2", cbase=512, cmax=32, map_depth=2, z_dim=16, w_dim=16,
                   batch=4, mbstd_group=2, workers=0)
-TINY_POINTS = dict(data="toy:gaussians25?n=2048", cfg="toy", batch=32, mlp_hidden=32, workers=0)
+TINY_POINTS = dict(data="toy:gaussians25?n=2048", cfg="toy", batch=32, mlp_hidden=32, workers=0,
+                   mlp_g="paper")  # the small paper G: fast, and independent of --batch-gpu (no BatchNorm)
 
 
 def make_config(**kw) -> TrainConfig:

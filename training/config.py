@@ -36,6 +36,9 @@ PRESETS = {
 # (Diffusion-GAN Sec. 4, SMaRt Sec. 4.2). "pacgan": 4 x 400 ReLU + BatchNorm (PacGAN App. / VEEGAN's 2-D
 # generator), the toy preset's: the paper MLP put most samples along the square's border instead of on
 # the modes (benchmarks/toy_rootcause.py, README "The toy preset"). D is always the paper MLP.
+# BatchNorm normalises over each forward's batch: with --batch-gpu below the per-GPU batch, or several GPUs,
+# G sees the statistics of each round's part of the batch (as minibatch-std groups do in the image D), and
+# the running statistics (used by G_ema in eval mode) are each rank's own; rank 0's are saved.
 MLP_GENERATORS = {
     "paper": None,
     "pacgan": dict(hidden=400, num_hidden_layers=4, activation="relu", batchnorm=True),
