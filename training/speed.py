@@ -1,0 +1,454 @@
+"""Speed options of a training run, applied to the networks once, with two small scopes for the loop.
+
+Every option is off by default and switchable on its own (``TrainConfig`` fields, ``ganstack train``
+flags):
+
+* ``compile`` (``--compile MODE``): ``torch.compile`` of G's and D's forward (inductor on CPU and GPU).
+  The forward *and* its backward are compiled; phases that need a gradient of a gradient (R1, path
+  length: ``create_graph=True``) run the same modules eagerly, because AOTAutograd has no double
+  backward. Modes: ``default``; ``reduce-overhead`` (CUDA graphs: fewest launches, outputs are copied
+  out of the graph's pool); ``max-autotune`` / ``max-autotune-no-cudagraphs``. Shapes are static
+  (``dynamic=False``): a step calls each network with at most three batch shapes, and static shapes
+  gave fewer kernels than ``dynamic=None`` (``benchmarks/bench_op_counts.py --dynamic``).
+* ``mp_res`` / ``mp_dtype`` (``--mp-res N --mp-dtype bf16|fp16``): the ``N`` highest resolutions of G and D
+  run in reduced precision, as StyleGAN2-ADA runs its 4 highest in float16: activations and weights are
+  cast in those blocks, the mapping network, the demodulation coefficients, the 4x4 epilogue and the
+  losses stay float32. ``fp16`` is CUDA only (StyleGAN2-ADA); ``bf16`` also runs on a CPU. The config
+  layer sets ``conv_clamp = 256`` when ``mp_res > 0``, as the official configs do.
+* ``channels_last`` (``--channels-last``): NHWC activations and conv weights in the image blocks.
+* ``tf32`` (``--tf32``): TF32 matmuls and convolutions on Ampere and newer GPUs (StyleGAN2-ADA: off).
+* ``sync_debug`` (``--sync-debug``): inside :meth:`SpeedRuntime.step`, any operation that waits for the
+  GPU raises (``torch.cuda.set_sync_debug_mode('error')``); on a CPU run the same scope records the
+  operations that *would* wait on a GPU (``.item()``, ``float(t)``, ``bool(t)``, ``.tolist()``,
+  ``.cpu()``, ``.numpy()``, ``nonzero``, boolean-mask indexing, ``unique``...) with their ``file:line``
+  and raises on the first one (:class:`HostSyncError`). :func:`record_host_syncs` lists them without
+  raising.
+
+How the loop uses it (three calls)::
+
+    rt = apply_speed_options(nets, cfg, device)          # once, after the networks are built
+    with rt.step():                                      # around one training step (sync-debug scope)
+        for phase, ... in phases:
+            with rt.phase(phase, double_backward=...):   # around accumulate_gradients of one phase
+                ...
+
+``double_backward`` defaults to ``phase.endswith('reg')``; a main phase that evaluates an interval-1
+regularizer (R1 every step) passes ``True``. :func:`attach_to_trainer` does this wiring on an existing
+``Trainer`` object, for benchmarks and tests.
+
+CPU threads: :func:`configure_threads` (called at CLI start-up and by ``ablate --jobs``) chooses the
+intra-op thread count from the CPU count and the number of parallel jobs, and :func:`cpu_env_defaults`
+the OpenMP wait policy; ``benchmarks/bench_threads.py`` holds the measurement behind the choice.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+import traceback
+import types
+import weakref
+from typing import Callable, Optional
+
+import torch
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+@dataclasses.dataclass
+class SpeedOptions:
+    """The speed switches of a run (read from a ``TrainConfig`` by :meth:`from_config`)."""
+
+    compile: str = "off"
+    mp_res: int = 0
+    mp_dtype: str = "bf16"
+    channels_last: bool = False
+    tf32: bool = False
+    sync_debug: bool = False
+
+    @classmethod
+    def from_config(cls, cfg) -> "SpeedOptions":
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None})
+
+    def check(self) -> Optional[str]:
+        """None, or a one-paragraph message saying what is wrong and what would be right."""
+        if self.compile not in COMPILE_MODES:
+            return f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}."
+        if self.mp_dtype not in MP_DTYPES:
+            return f"--mp-dtype must be bf16 or fp16, got {self.mp_dtype!r}."
+        if not isinstance(self.mp_res, int) or self.mp_res < 0:
+            return f"--mp-res is a number of resolutions (0 = all float32, StyleGAN2-ADA uses 4), got {self.mp_res!r}."
+        return None
+
+    def describe(self) -> str:
+        parts = [f"compile {self.compile}"]
+        parts.append(f"mp {self.mp_dtype} on {self.mp_res} highest res" if self.mp_res else "mp off")
+        parts += [f"channels_last {'on' if self.channels_last else 'off'}", f"tf32 {'on' if self.tf32 else 'off'}"]
+        if self.sync_debug:
+            parts.append("sync-debug on")
+        return ", ".join(parts)
+
+
+def check_config(cfg, data_info: Optional[dict] = None) -> Optional[str]:
+    """Validation of the speed options of a ``TrainConfig`` (None when valid). For ``config.validate``."""
+    opts = SpeedOptions.from_config(cfg)
+    msg = opts.check()
+    if msg:
+        return msg
+    if opts.mp_res and getattr(cfg, "amp", "off") != "off":
+        return (f"--amp {cfg.amp} (autocast everywhere) and --mp-res {opts.mp_res} (reduced precision on the "
+                f"highest resolutions, as StyleGAN2-ADA) are two ways to do mixed precision; choose one.")
+    if opts.mp_res and opts.mp_dtype == "fp16" and str(getattr(cfg, "device", "auto")) == "cpu":
+        return "--mp-dtype fp16 runs on CUDA only (as StyleGAN2-ADA); use --mp-dtype bf16 on a CPU."
+    if data_info is not None and data_info.get("kind") != "image" and (opts.mp_res or opts.channels_last):
+        return "--mp-res and --channels-last apply to image backbones; the dataset holds points. Drop them."
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiled forwards that the loop can switch off per phase
+
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_state = threading.local()
+
+
+def _eager_now() -> bool:
+    return getattr(_state, "eager", 0) > 0
+
+
+def _clone_tensors(out):
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, tuple):
+        return tuple(_clone_tensors(o) for o in out)
+    if isinstance(out, list):
+        return [_clone_tensors(o) for o in out]
+    return out
+
+
+def _dispatch_forward(self, *args, **kwargs):
+    """The ``forward`` of a compiled network: the compiled graph, or the eager forward when the current
+    phase needs a double backward, when compiling is paused, or on a copy of the network (a deepcopy
+    rebinds this method to the copy, which has no compiled graph: G_ema stays eager)."""
+    entry = _COMPILED.get(self)
+    if entry is None or _eager_now():
+        return type(self).forward(self, *args, **kwargs)
+    compiled, clone_outputs = entry
+    out = compiled(*args, **kwargs)
+    return _clone_tensors(out) if clone_outputs else out
+
+
+def compile_module(module: torch.nn.Module, mode: str = "default", dynamic: Optional[bool] = False) -> None:
+    """Compile ``module``'s forward in place (its state_dict, parameters and class are unchanged)."""
+    if mode not in COMPILE_MODES or mode == "off":
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES[1:]}, got {mode!r}")
+    eager = types.MethodType(type(module).forward, module)
+    compiled = torch.compile(eager, mode=None if mode == "default" else mode, dynamic=dynamic)
+    _COMPILED[module] = (compiled, mode in _CUDAGRAPH_MODES)
+    module.forward = types.MethodType(_dispatch_forward, module)
+
+
+def uncompile_module(module: torch.nn.Module) -> None:
+    _COMPILED.pop(module, None)
+    if isinstance(module.__dict__.get("forward"), types.MethodType):
+        del module.forward
+
+
+def is_compiled(module: torch.nn.Module) -> bool:
+    return module in _COMPILED
+
+
+@contextlib.contextmanager
+def eager():
+    """Run compiled networks eagerly inside this scope (gradients of gradients, debugging)."""
+    _state.eager = getattr(_state, "eager", 0) + 1
+    try:
+        yield
+    finally:
+        _state.eager -= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Reduced precision and memory format of the image blocks
+
+def _image_blocks(net: torch.nn.Module):
+    """``[(resolution, block)]`` of a StyleGAN2 G (synthesis blocks) or D (discriminator blocks)."""
+    from ganstack.stylegan_base.networks import DiscriminatorBlock, SynthesisBlock
+    return [(m.resolution, m) for m in net.modules() if isinstance(m, (SynthesisBlock, DiscriminatorBlock))]
+
+
+def _set_channels_last(block: torch.nn.Module) -> None:
+    block.channels_last = True
+    for p in list(block.parameters()) + list(block.buffers()):
+        if p.ndim == 4 and p.shape[-1] > 1:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+
+def set_block_precision(net: torch.nn.Module, mp_res: int, dtype: torch.dtype, channels_last: bool = False) -> list:
+    """Run the ``mp_res`` highest resolutions of ``net`` in ``dtype`` (StyleGAN2-ADA's ``num_fp16_res``:
+    resolutions >= ``max(2 ** (log2(R) + 1 - mp_res), 8)``); returns the resolutions changed."""
+    blocks = _image_blocks(net)
+    if not blocks:
+        return []
+    top = max(r for r, _ in blocks)
+    threshold = max(2 ** (top.bit_length() - 1 + 1 - mp_res), 8) if mp_res > 0 else None
+    changed = []
+    for res, block in blocks:
+        low = threshold is not None and res >= threshold
+        block.use_fp16 = low
+        block.lowp_dtype = dtype if low else None
+        if low:
+            changed.append(res)
+        if channels_last:
+            _set_channels_last(block)
+    return sorted(set(changed))
+
+
+# ------------------------------------------------------------------------------------------------
+# Host syncs
+
+class HostSyncError(RuntimeError):
+    """An operation inside a ``--sync-debug`` step waits for the device."""
+
+
+# aten ops that need a value on the host: on a GPU each of them waits for the queue to drain.
+_SYNC_ATEN = {
+    "aten::_local_scalar_dense": ".item() / float(t) / int(t) / bool(t) / a Python branch on a tensor",
+    "aten::nonzero": "nonzero (or torch.where(cond) with one argument)",
+    "aten::masked_select": "masked_select (boolean-mask indexing)",
+    "aten::_unique2": "unique",
+    "aten::unique_dim": "unique",
+    "aten::unique_consecutive": "unique_consecutive",
+    "aten::repeat_interleave": "repeat_interleave without output_size",
+    "aten::bincount": "bincount",
+    "aten::equal": "torch.equal",
+}
+_PY_SYNC_METHODS = {"tolist": ".tolist()", "cpu": ".cpu()", "numpy": ".numpy()", "__array__": "np.asarray(tensor)"}
+
+
+def _caller(skip_torch: bool = True) -> str:
+    """``file:line (function)`` of the innermost frame outside torch and this module."""
+    here = os.path.abspath(__file__)
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    for fr in reversed(traceback.extract_stack()[:-1]):
+        fn = os.path.abspath(fr.filename)
+        if fn == here or (skip_torch and fn.startswith(torch_dir)) or "/contextlib.py" in fn:
+            continue
+        return f"{fr.filename}:{fr.lineno} ({fr.name})"
+    return "?"
+
+
+class _SyncRecorder:
+    """Finds host syncs in CPU code: the ops that would make a GPU run wait."""
+
+    def __init__(self, raise_on_sync: bool):
+        self.raise_on_sync = raise_on_sync
+        self.events: list[tuple[str, str]] = []
+
+    def hit(self, what: str) -> None:
+        where = _caller()
+        self.events.append((what, where))
+        if self.raise_on_sync:
+            raise HostSyncError(f"host sync inside a --sync-debug step: {what} at {where}")
+
+
+def _make_dispatch_mode(recorder: _SyncRecorder):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Mode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = func._schema.name
+            what = _SYNC_ATEN.get(name)
+            if what is None and name in ("aten::index", "aten::index_put", "aten::index_put_"):
+                idx = args[1] if len(args) > 1 else kwargs.get("indices", ())
+                if any(isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8) for t in idx or ()):
+                    what = "boolean-mask indexing"
+            if what is not None:
+                recorder.hit(what)
+            return func(*args, **kwargs)
+
+    return _Mode()
+
+
+@contextlib.contextmanager
+def _cpu_sync_guard(raise_on_sync: bool):
+    rec = _SyncRecorder(raise_on_sync)
+    saved = {}
+    for meth, what in _PY_SYNC_METHODS.items():
+        orig = getattr(torch.Tensor, meth)
+        saved[meth] = orig
+
+        def wrapper(self, *a, _orig=orig, _what=what, **k):
+            rec.hit(_what)
+            return _orig(self, *a, **k)
+
+        setattr(torch.Tensor, meth, wrapper)
+    try:
+        with _make_dispatch_mode(rec):
+            yield rec
+    finally:
+        for meth, orig in saved.items():
+            setattr(torch.Tensor, meth, orig)
+
+
+@contextlib.contextmanager
+def record_host_syncs():
+    """Collect (without raising) the operations that would wait for a GPU: ``[(what, 'file:line (fn)')]``.
+
+    Works on a CPU run (it models what a GPU run would do); use it around a training step."""
+    with _cpu_sync_guard(raise_on_sync=False) as rec:
+        yield rec.events
+
+
+@contextlib.contextmanager
+def sync_debug(device, enabled: bool = True):
+    """Raise on host syncs inside this scope: ``torch.cuda.set_sync_debug_mode('error')`` on CUDA, the
+    CPU recorder (:class:`HostSyncError`) elsewhere."""
+    if not enabled:
+        yield
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        prev = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(prev)
+    else:
+        with _cpu_sync_guard(raise_on_sync=True):
+            yield
+
+
+# ------------------------------------------------------------------------------------------------
+# The runtime object the loop holds
+
+class SpeedRuntime:
+    """What :func:`apply_speed_options` returns: the two scopes the loop enters, and a description."""
+
+    def __init__(self, opts: SpeedOptions, device, compiled: list, mp_resolutions: dict):
+        self.opts = opts
+        self.device = torch.device(device)
+        self.compiled = compiled  # the modules whose forward is compiled
+        self.mp_resolutions = mp_resolutions  # {'G': [...], 'D': [...]}
+
+    @contextlib.contextmanager
+    def phase(self, name: str, double_backward: Optional[bool] = None):
+        """Scope of one phase's forward and backward. Phases that take a gradient of a gradient run the
+        compiled networks eagerly (AOTAutograd has no double backward)."""
+        if double_backward is None:
+            double_backward = name.endswith("reg")
+        if self.compiled and self.opts.compile in _CUDAGRAPH_MODES and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        with (eager() if (double_backward and self.compiled) else contextlib.nullcontext()):
+            yield
+
+    def step(self):
+        """Scope of one training step: with ``sync_debug`` every host sync inside raises."""
+        return sync_debug(self.device, self.opts.sync_debug)
+
+    def describe(self) -> str:
+        return self.opts.describe()
+
+    def remove(self) -> None:
+        for m in self.compiled:
+            uncompile_module(m)
+        self.compiled = []
+
+
+def apply_speed_options(nets, cfg, device) -> SpeedRuntime:
+    """Apply ``cfg``'s speed options to ``nets`` (an object with ``G``, ``D`` and optionally ``G_ema``) in
+    place and return the :class:`SpeedRuntime` whose scopes the loop enters. Call it once, after the
+    networks are built and moved to ``device`` (before or after the optimizers: no parameter is replaced).
+    """
+    opts = SpeedOptions.from_config(cfg)
+    msg = opts.check()
+    if msg:
+        raise ValueError(msg)
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(opts.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(opts.tf32)
+    G, D, G_ema = nets.G, nets.D, getattr(nets, "G_ema", None)
+    mp = {}
+    if opts.mp_res or opts.channels_last:
+        dtype = MP_DTYPES[opts.mp_dtype]
+        for key, net in (("G", G), ("D", D), ("G_ema", G_ema)):
+            if net is not None:
+                mp[key] = set_block_precision(net, opts.mp_res, dtype, opts.channels_last)
+    compiled = []
+    if opts.compile != "off":
+        for net in (G, D):
+            compile_module(net, opts.compile)
+            compiled.append(net)
+    return SpeedRuntime(opts, device, compiled, mp)
+
+
+def attach_to_trainer(trainer, rt: Optional[SpeedRuntime] = None) -> SpeedRuntime:
+    """Wire a :class:`SpeedRuntime` into an existing ``Trainer`` object (``step`` and the loss's
+    ``accumulate_gradients``) without editing the loop: what the loop does natively once it calls
+    :meth:`SpeedRuntime.step` and :meth:`SpeedRuntime.phase` itself. For benchmarks and tests."""
+    if rt is None:
+        rt = apply_speed_options(trainer.nets, trainer.cfg, trainer.device)
+    loss = trainer.loss
+    inner_acc: Callable = loss.accumulate_gradients
+    inner_step: Callable = trainer.step
+
+    def accumulate_gradients(ctx, scale=1.0):
+        every_step = any(r.interval == 1 for r in loss.regs.get(ctx.net, []))
+        with rt.phase(ctx.phase, double_backward=ctx.phase.endswith("reg") or every_step):
+            return inner_acc(ctx, scale=scale)
+
+    def step():
+        with rt.step():
+            return inner_step()
+
+    loss.accumulate_gradients = accumulate_gradients
+    trainer.step = step
+    trainer.speed = rt
+    return rt
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU threads
+
+def default_threads(jobs: int = 1, cpus: Optional[int] = None, kind: str = "image") -> int:
+    """Intra-op threads for one of ``jobs`` parallel CPU runs: the CPUs split among the jobs (at least 1),
+    and 1 for point data (toy MLPs: their ops are too small to split; more threads only spin)."""
+    cpus = cpus or _available_cpus()
+    if kind == "points":
+        return 1
+    return max(1, cpus // max(1, jobs))
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_env_defaults(environ=None) -> dict:
+    """OpenMP settings for CPU training, set before torch is imported (the OpenMP runtime reads them
+    once): idle threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``), which is what keeps
+    parallel runs on a small machine from slowing each other down. A user's own setting wins."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    if "OMP_WAIT_POLICY" not in environ:
+        environ["OMP_WAIT_POLICY"] = out["OMP_WAIT_POLICY"] = "PASSIVE"
+    return out
+
+
+def configure_threads(threads: Optional[int] = None, jobs: int = 1, kind: str = "image") -> int:
+    """Set torch's intra-op threads (``threads``, else :func:`default_threads`) unless ``OMP_NUM_THREADS``
+    is set by the user; returns the count in effect."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    n = threads if threads is not None else default_threads(jobs, kind=kind)
+    torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()
