@@ -14,6 +14,11 @@ import sys
 import traceback
 from typing import Optional
 
+if "torch" not in sys.modules:
+    # Read once by OpenMP when torch loads: idle intra-op threads sleep instead of spinning, so runs that
+    # share a small CPU do not slow each other down ~30x (benchmarks/bench_threads.py; training/speed.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import click
 
 from ganstack.stylegan_base.errors import CheckpointError, GanstackError
@@ -24,7 +29,8 @@ from ganstack.training.plugin_manager import (CORE_NAME, discover, hook_names, l
 
 COMMAND_GROUP = "ganstack.commands"
 # Options a resumed run may change; everything else must match the checkpoint.
-RESUME_MUTABLE = {"kimg", "snap", "image_snap", "keep", "workers", "metrics", "tick", "device", "tensorboard"}
+RESUME_MUTABLE = {"kimg", "snap", "image_snap", "keep", "workers", "metrics", "tick", "device", "tensorboard",
+                  "compile", "channels_last", "tf32", "sync_debug", "threads"}  # speed switches keep the math
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,6 +156,21 @@ TRAIN_OPTIONS = [
     ("--amp", "amp", dict(type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
                           help="Mixed precision on GPU (autocast).")),
     ("--device", "device", dict(type=str, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")),
+    # speed (training/speed.py)
+    ("--compile", "compile", dict(type=click.Choice(["off", "default", "reduce-overhead", "max-autotune",
+                                                     "max-autotune-no-cudagraphs"]), default="off", show_default=True,
+                                  help="torch.compile G and D (R1/path-length phases run eagerly); "
+                                       "reduce-overhead adds CUDA graphs.")),
+    ("--mp-res", "mp_res", dict(type=int, default=0, show_default=True,
+                                help="Run the N highest resolutions of G and D in reduced precision (StyleGAN2-ADA: 4).")),
+    ("--mp-dtype", "mp_dtype", dict(type=click.Choice(["bf16", "fp16"]), default="bf16", show_default=True,
+                                    help="Dtype of the --mp-res blocks (fp16 on CUDA only).")),
+    ("--channels-last", "channels_last", dict(is_flag=True, default=False, help="NHWC activations and weights in the image blocks.")),
+    ("--tf32", "tf32", dict(is_flag=True, default=False, help="Allow TF32 matmuls/convolutions on the GPU.")),
+    ("--sync-debug", "sync_debug", dict(is_flag=True, default=False,
+                                        help="Fail on any host-device sync inside a training step.")),
+    ("--threads", "threads", dict(type=int, default=None,
+                                  help="CPU threads [default: 1 for point data, else the CPUs (split by ablate --jobs)].")),
     ("--tensorboard", "tensorboard", dict(is_flag=True, default=False, help="Also log to TensorBoard in the run folder.")),
 ]
 
@@ -212,6 +233,9 @@ def run_training(cfg: TrainConfig, plugin_names, plugin_options: dict, outdir: s
 
     dataset = open_dataset(cfg.data, mirror=cfg.mirror, max_size=cfg.max_size, use_labels=cfg.cond)
     info = dataset.info()
+    if torch.device(dev).type == "cpu":
+        from ganstack.training.speed import configure_threads
+        configure_threads(cfg.threads, kind=info["kind"])
     if resume_ckpt is not None:
         _check_dataset_compatible(resume_ckpt["dataset"], info, cfg.data)
         validate(cfg, info, world)
@@ -247,6 +271,8 @@ def run_training(cfg: TrainConfig, plugin_names, plugin_options: dict, outdir: s
         log("Dry run: options are valid; exiting without training.")
         return run_dir
     trainer = Trainer(cfg, stack, dataset, run_dir=run_dir, resume=resume_ckpt, device=dev, log=log)
+    from ganstack.training.speed import attach_to_trainer  # until the loop enters the speed scopes itself
+    log(f"Speed:        {attach_to_trainer(trainer).describe()}, {torch.get_num_threads()} CPU thread(s)")
     if resume_ckpt is not None:
         log(f"Resuming from {resume_ckpt['path']} at {trainer.cur_nimg / 1000:.1f} kimg.")
     n_g = sum(p.numel() for p in trainer.G.parameters())

@@ -90,6 +90,14 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "off"
     tensorboard: bool = False
+    # speed (training/speed.py): switchable one by one, all off by default
+    compile: str = "off"
+    mp_res: int = 0
+    mp_dtype: str = "bf16"
+    channels_last: bool = False
+    tf32: bool = False
+    sync_debug: bool = False
+    threads: Optional[int] = None
     # resolved, not options
     ref_gpus: int = 1
     _user_set: set = field(default_factory=set, repr=False, compare=False)
@@ -197,6 +205,8 @@ def resolve(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> TrainConf
         fill("tick", 20.0)
     if cfg.image_snap is None:
         cfg.image_snap = cfg.snap
+    if kind == "image" and cfg.mp_res and cfg.conv_clamp is None:
+        cfg.conv_clamp = 256.0  # reduced-precision blocks clamp their convs, as StyleGAN2-ADA's configs do
     validate(cfg, data_info, world_size)
     return cfg
 
@@ -232,6 +242,10 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
     need(cfg.snap >= 1 and cfg.image_snap >= 1, f"--snap must be >= 1 tick, got {cfg.snap}.")
     need(cfg.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {cfg.keep}.")
     need(cfg.amp in ("off", "bf16", "fp16"), f"--amp must be off, bf16 or fp16, got {cfg.amp!r}.")
+    from ganstack.training.speed import check_config as _check_speed
+    speed_error = _check_speed(cfg, data_info)
+    need(speed_error is None, speed_error or "")
+    need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}.")
     for b in (cfg.g_betas, cfg.d_betas):
         need(len(b) == 2 and all(0 <= x < 1 for x in b), f"Adam betas must be two numbers in [0, 1), got {b}.")
     if data_info["kind"] == "image":

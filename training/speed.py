@@ -36,9 +36,10 @@ How the loop uses it (three calls)::
 regularizer (R1 every step) passes ``True``. :func:`attach_to_trainer` does this wiring on an existing
 ``Trainer`` object, for benchmarks and tests.
 
-CPU threads: :func:`configure_threads` (called at CLI start-up and by ``ablate --jobs``) chooses the
-intra-op thread count from the CPU count and the number of parallel jobs, and :func:`cpu_env_defaults`
-the OpenMP wait policy; ``benchmarks/bench_threads.py`` holds the measurement behind the choice.
+CPU threads: :func:`configure_threads` (called by ``ganstack train`` on a CPU) sets 1 intra-op thread for
+point data and keeps the CPU count (or ``ablate --jobs``' share of it) for images; ``training/cli.py``
+sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads, so idle OpenMP threads sleep instead of spinning.
+``benchmarks/bench_threads.py`` holds the measurement behind both choices.
 """
 from __future__ import annotations
 
@@ -142,12 +143,20 @@ def _dispatch_forward(self, *args, **kwargs):
     return _clone_tensors(out) if clone_outputs else out
 
 
+# The torch.compile backend. "inductor" for real runs; benchmarks/gpu_speed.py --smoke sets "aot_eager"
+# (the same tracing, graph capture and autograd path without code generation) so its CPU test is quick.
+COMPILE_BACKEND = os.environ.get("GANSTACK_COMPILE_BACKEND", "inductor")
+
+
 def compile_module(module: torch.nn.Module, mode: str = "default", dynamic: Optional[bool] = False) -> None:
     """Compile ``module``'s forward in place (its state_dict, parameters and class are unchanged)."""
     if mode not in COMPILE_MODES or mode == "off":
         raise ValueError(f"compile mode must be one of {COMPILE_MODES[1:]}, got {mode!r}")
     eager = types.MethodType(type(module).forward, module)
-    compiled = torch.compile(eager, mode=None if mode == "default" else mode, dynamic=dynamic)
+    if COMPILE_BACKEND != "inductor":
+        compiled = torch.compile(eager, backend=COMPILE_BACKEND, dynamic=dynamic)
+    else:
+        compiled = torch.compile(eager, mode=None if mode == "default" else mode, dynamic=dynamic)
     _COMPILED[module] = (compiled, mode in _CUDAGRAPH_MODES)
     module.forward = types.MethodType(_dispatch_forward, module)
 
@@ -433,22 +442,14 @@ def _available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_env_defaults(environ=None) -> dict:
-    """OpenMP settings for CPU training, set before torch is imported (the OpenMP runtime reads them
-    once): idle threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``), which is what keeps
-    parallel runs on a small machine from slowing each other down. A user's own setting wins."""
-    environ = os.environ if environ is None else environ
-    out = {}
-    if "OMP_WAIT_POLICY" not in environ:
-        environ["OMP_WAIT_POLICY"] = out["OMP_WAIT_POLICY"] = "PASSIVE"
-    return out
-
-
 def configure_threads(threads: Optional[int] = None, jobs: int = 1, kind: str = "image") -> int:
-    """Set torch's intra-op threads (``threads``, else :func:`default_threads`) unless ``OMP_NUM_THREADS``
-    is set by the user; returns the count in effect."""
-    if threads is None and os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    n = threads if threads is not None else default_threads(jobs, kind=kind)
-    torch.set_num_threads(max(1, int(n)))
+    """Set torch's intra-op threads for a CPU run; returns the count in effect.
+
+    ``threads`` (``--threads``) wins. Otherwise a user's ``OMP_NUM_THREADS`` is kept, and the count is
+    lowered (never raised: ``ablate --jobs`` workers have already split the CPUs) to
+    :func:`default_threads` for this kind of data and number of parallel jobs."""
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), default_threads(jobs, kind=kind))))
     return torch.get_num_threads()

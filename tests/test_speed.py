@@ -1,0 +1,389 @@
+"""The speed options (training/speed.py, stylegan_base/ops.py formulations): each is switchable and
+computes what the eager float32 step computes, within a stated tolerance.
+
+Tolerances (CPU):
+* ``--compile`` (inductor, ``fallback_random`` so both draw the same noise): G/D outputs, every
+  gradient and the parameters after a full training step (Gmain, Greg, Dmain, Dreg, Adam) within
+  ``rtol 1e-4`` of the norm (float32 rounding of reordered/fused arithmetic; measured ~1e-6).
+* ``--mp-res 2 --mp-dtype bf16``: outputs and gradients within 3% of the norm (bfloat16 keeps 8
+  mantissa bits, ~0.4% per rounding, over a few layers), the Adam step's direction within cosine
+  0.97 of float32.
+* ``--channels-last``: 1e-5 (the same arithmetic in another memory order).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_trainer
+from ganstack.stylegan_base import ops
+from ganstack.stylegan_base.networks import Discriminator, Generator
+from ganstack.training import speed
+from ganstack.training.config import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The smallest StyleGAN2 that still has every kind of block (const 4x4, up-block, skip ToRGB, resnet D,
+# minibatch-std epilogue) and both lazy regularizers.
+SMALL = dict(data="shapes8?n=64", cfg="stylegan2", cbase=256, cmax=16, map_depth=2, z_dim=8, w_dim=8, batch=4,
+             mbstd_group=2, workers=0)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@pytest.fixture
+def fallback_random():
+    import torch._inductor.config as ic
+    old = ic.fallback_random
+    ic.fallback_random = True  # compiled randn/randint draw from torch's generator, as eager does
+    yield
+    ic.fallback_random = old
+
+
+def _params(m):
+    return {k: v.detach().clone() for k, v in m.named_parameters()}
+
+
+# -------------------------------------------------------------------------------------------------
+# torch.compile
+
+def test_compiled_training_step_matches_eager(fallback_random):
+    """One full loop step (step 0: every phase incl. R1 and path length) compiled vs eager: the
+    losses, and every parameter of G, D and G_ema after the optimizer steps."""
+    eager = make_trainer([], **SMALL)
+    comp = make_trainer([], **SMALL, compile="default")
+    rt = speed.attach_to_trainer(comp)
+    assert rt.compiled == [comp.G, comp.D] and speed.is_compiled(comp.G) and not speed.is_compiled(comp.G_ema)
+    for _ in range(2):  # step 0 has every lazy phase, step 1 none
+        se, sc = eager.step(), comp.step()
+        assert se.keys() == sc.keys()
+        for k in se:
+            assert abs(se[k] - sc[k]) <= 1e-4 * max(1.0, abs(se[k])), k
+    for net in ("G", "D", "G_ema"):
+        pe, pc = _params(getattr(eager, net)), _params(getattr(comp, net))
+        for k in pe:
+            assert rel(pc[k], pe[k]) < 1e-4 or (pc[k] - pe[k]).abs().max() < 1e-6, (net, k)
+    # the state dict is the eager one's (checkpoints do not change with --compile)
+    assert list(comp.G.state_dict()) == list(eager.G.state_dict())
+
+
+def test_compiled_forward_and_gradients_match_eager(fallback_random):
+    torch.manual_seed(0)
+    G = Generator(8, 0, 8, 8, 3, mapping_kwargs=dict(num_layers=2),
+                  synthesis_kwargs=dict(channel_base=256, channel_max=16)).train()
+    D = Discriminator(0, 8, 3, channel_base=256, channel_max=16, epilogue_kwargs=dict(mbstd_group_size=2)).train()
+    Gc, Dc = copy.deepcopy(G), copy.deepcopy(D)
+    speed.compile_module(Gc)
+    speed.compile_module(Dc)
+    z = torch.randn(4, 8)
+    outs = []
+    for g, d in ((G, D), (Gc, Dc)):
+        g.requires_grad_(True)
+        d.requires_grad_(True)
+        torch.manual_seed(1)
+        img = g(z, None, style_mixing_prob=0.9)
+        logits = d(img, None)
+        torch.nn.functional.softplus(-logits).mean().backward()
+        outs.append((img.detach(), logits.detach(), {k: p.grad.clone() for k, p in g.named_parameters()},
+                     {k: p.grad.clone() for k, p in d.named_parameters()}))
+    (i0, l0, gg0, gd0), (i1, l1, gg1, gd1) = outs
+    assert rel(i1, i0) < 1e-5 and rel(l1, l0) < 1e-5
+    for k in gg0:
+        assert rel(gg1[k], gg0[k]) < 1e-4 or gg0[k].abs().max() == 0, k
+    for k in gd0:
+        assert rel(gd1[k], gd0[k]) < 1e-4 or gd0[k].abs().max() == 0, k
+    # inside speed.eager() (R1 / path-length phases) the compiled module runs its eager forward, so
+    # a double backward works
+    x = i0.clone().requires_grad_(True)
+    with speed.eager():
+        (g,) = torch.autograd.grad(Dc(x, None).sum(), x, create_graph=True)
+        g.square().sum().backward()
+    speed.uncompile_module(Gc)
+    assert not speed.is_compiled(Gc) and "forward" not in vars(Gc)
+
+
+def test_toy_run_metrics_do_not_regress_with_compile(fallback_random):
+    """A short toy run (MLP on 25 Gaussians) compiled reaches the eager run's mixture metrics."""
+    from ganstack.metrics.toy import mixture_metrics
+
+    results = []
+    for compile_mode in ("off", "default"):
+        tr = make_trainer([], data="toy:gaussians25?n=4096", batch=128, mlp_hidden=64, compile=compile_mode)
+        speed.attach_to_trainer(tr)
+        for _ in range(120):
+            tr.step()
+        x = tr.sample_ema(2000).numpy()
+        toy = tr.data_info["toy"]
+        results.append(mixture_metrics(x, np.asarray(toy["centers"]), toy["std"]))
+    eager, comp = results
+    assert comp["modes"] >= eager["modes"] - 2
+    assert comp["hq_share"] >= eager["hq_share"] - 0.05
+    assert comp["kl_modes"] <= eager["kl_modes"] + 0.1
+
+
+# -------------------------------------------------------------------------------------------------
+# Reduced precision and memory format
+
+def _g_d_grads(G, D, z, reals):
+    G.requires_grad_(True)
+    D.requires_grad_(True)
+    for p in list(G.parameters()) + list(D.parameters()):
+        p.grad = None
+    torch.manual_seed(3)
+    img = G(z, None)
+    loss = torch.nn.functional.softplus(-D(img, None)).mean() + torch.nn.functional.softplus(D(reals, None)).mean()
+    loss.backward()
+    return (img.detach().float(), D(reals, None).detach().float(),
+            {k: p.grad.clone() for k, p in list(G.named_parameters()) + [("D." + k, p) for k, p in D.named_parameters()]
+             if p.grad is not None})
+
+
+def _nets(res=16, clamp=256):
+    torch.manual_seed(0)
+    G = Generator(16, 0, 16, res, 3, mapping_kwargs=dict(num_layers=2),
+                  synthesis_kwargs=dict(channel_base=512, channel_max=32, conv_clamp=clamp)).train()
+    D = Discriminator(0, res, 3, channel_base=512, channel_max=32, conv_clamp=clamp,
+                      epilogue_kwargs=dict(mbstd_group_size=2)).train()
+    return G, D
+
+
+class _Nets:
+    def __init__(self, G, D):
+        self.G, self.D = G, D
+
+
+def test_bf16_blocks_match_fp32_within_tolerance():
+    G, D = _nets()
+    G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+    cfg = TrainConfig(mp_res=2, mp_dtype="bf16")
+    rt = speed.apply_speed_options(_Nets(G2, D2), cfg, "cpu")
+    assert rt.mp_resolutions == {"G": [8, 16], "D": [8, 16]}  # the 2 highest; 4x4 and the epilogue stay fp32
+    z, reals = torch.randn(4, 16), torch.randn(4, 3, 16, 16)
+    img0, l0, g0 = _g_d_grads(G, D, z, reals)
+    img1, l1, g1 = _g_d_grads(G2, D2, z, reals)
+    assert img1.dtype == torch.float32  # ToRGB output is float32, as in StyleGAN2-ADA
+    assert rel(img1, img0) < 0.03 and rel(l1, l0) < 0.03
+    big = [k for k in g0 if g0[k].norm() > 1e-3 * max(v.norm() for v in g0.values())]
+    errs = {k: rel(g1[k], g0[k]) for k in big}
+    assert max(errs.values()) < 0.05, sorted(errs.items(), key=lambda kv: -kv[1])[:3]
+    # one Adam step from identical states moves the parameters the same way
+    steps = []
+    for g in (g0, g1):
+        params = {k: torch.zeros_like(v, requires_grad=True) for k, v in g.items()}
+        opt = torch.optim.Adam(list(params.values()), lr=1e-3, betas=(0, 0.99), eps=1e-8)
+        for k, p in params.items():
+            p.grad = g[k].float()
+        opt.step()
+        steps.append(torch.cat([p.detach().flatten() for p in params.values()]))
+    cos = torch.nn.functional.cosine_similarity(steps[0], steps[1], dim=0)
+    assert cos > 0.97, float(cos)
+    # the low-precision blocks really run in bf16
+    seen = set()
+    hook = G2.synthesis.b16.conv1.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    G2(z, None)
+    hook.remove()
+    assert seen == {torch.bfloat16}
+
+
+def test_channels_last_matches_contiguous():
+    G, D = _nets(clamp=None)
+    G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+    speed.apply_speed_options(_Nets(G2, D2), TrainConfig(channels_last=True), "cpu")
+    assert G2.synthesis.b16.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    z, reals = torch.randn(4, 16), torch.randn(4, 3, 16, 16)
+    img0, l0, g0 = _g_d_grads(G, D, z, reals)
+    img1, l1, g1 = _g_d_grads(G2, D2, z, reals)
+    assert rel(img1, img0) < 1e-5 and rel(l1, l0) < 1e-5
+    for k in g0:
+        assert rel(g1[k], g0[k]) < 1e-4 or g0[k].abs().max() == 0, k
+
+
+def test_speed_options_validated_with_clear_messages():
+    from ganstack.training.api import ConfigError
+    from ganstack.training.config import resolve
+    from ganstack.stylegan_base.datasets import open_dataset
+
+    info = open_dataset("shapes16?n=32").info()
+    cfg = TrainConfig(data="shapes16?n=32", mp_res=4)
+    resolve(cfg, info)
+    assert cfg.conv_clamp == 256.0  # reduced precision implies StyleGAN2-ADA's conv clamp
+    with pytest.raises(ConfigError, match="choose one"):
+        resolve(TrainConfig(data="shapes16?n=32", mp_res=4, amp="bf16"), info)
+    with pytest.raises(ConfigError, match="--compile must be one of"):
+        resolve(TrainConfig(data="shapes16?n=32", compile="fast"), info)
+    with pytest.raises(ConfigError, match="CUDA only"):
+        resolve(TrainConfig(data="shapes16?n=32", mp_res=2, mp_dtype="fp16", device="cpu"), info)
+    pts = open_dataset("toy:gaussians25?n=64").info()
+    with pytest.raises(ConfigError, match="image backbones"):
+        resolve(TrainConfig(data="toy:gaussians25?n=64", channels_last=True), pts)
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).compile == "off"
+
+
+# -------------------------------------------------------------------------------------------------
+# ops formulations
+
+def _count_ops(fn):
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.c = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.c[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    m = Count()
+    with m:
+        fn()
+    return m.c
+
+
+@pytest.mark.parametrize("resample", ["down", "up"])
+def test_folded_fir_double_backward_has_no_per_channel_convs(resample):
+    """R1 / path length backpropagate through gradients of every FIR. PyTorch's double backward of a
+    grouped (depthwise) conv runs one conv per channel; the folded formulation does not."""
+    C = 32
+    f = ops.setup_filter([1, 3, 3, 1])
+    w = torch.randn(C, 3, 3, 3, requires_grad=True)
+    img = torch.randn(2, 3, 8, 8)
+
+    def r1(impl):
+        x = img.clone().requires_grad_(True)
+        h = torch.nn.functional.conv2d(x, w, padding=1)
+        y = ops.downsample2d(h, f, impl=impl) if resample == "down" else ops.upsample2d(h, f, impl=impl)
+        (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        g.square().sum().backward()
+        return w.grad.clone()
+
+    counts = {}
+    grads = {}
+    for impl in ("conv", "fold"):
+        w.grad = None
+        counts[impl] = _count_ops(lambda impl=impl: grads.__setitem__(impl, r1(impl)))
+    assert torch.allclose(grads["fold"], grads["conv"], rtol=1e-4, atol=1e-5)
+    assert counts["conv"]["aten.convolution"] >= C  # the per-group loop this formulation avoids
+    assert counts["fold"]["aten.convolution"] < 12
+
+
+def test_prepared_filter_is_cached_and_follows_updates():
+    f = ops.setup_filter([1, 3, 3, 1])
+    x = torch.randn(1, 2, 8, 8)
+    a = ops.filter2d(x, f)
+    calls = _count_ops(lambda: ops.filter2d(x, f))
+    assert calls["aten.flip"] == 0 and calls["aten.repeat"] == 0 and calls["aten._to_copy"] == 0
+    with torch.no_grad():
+        f.mul_(2)  # an in-place update (load_state_dict does this) must not reuse the stale weight
+    assert torch.allclose(ops.filter2d(x, f), 2 * a, atol=1e-6)
+
+
+def test_gain_folding_keeps_layer_outputs_and_grads():
+    """Conv2dLayer / FullyConnectedLayer fold their equalized-lr gains into the bias-add in eager mode;
+    the result equals the plain formulation (run under reference_ops-like conditions: float16 path)."""
+    torch.manual_seed(0)
+    for layer, x in ((ops.Conv2dLayer(8, 8, 3, activation="lrelu", down=2, conv_clamp=5), torch.randn(2, 8, 8, 8)),
+                     (ops.FullyConnectedLayer(8, 8, activation="lrelu", lr_multiplier=0.01, bias_init=0.3),
+                      torch.randn(4, 8)),
+                     (ops.FullyConnectedLayer(8, 8, lr_multiplier=0.5, bias_init=1), torch.randn(4, 8))):
+        with torch.no_grad():
+            if layer.bias is not None:
+                layer.bias.normal_()
+        x = x.requires_grad_(True)
+        y = layer(x)
+        gy = torch.randn_like(y)
+        gx, gw = torch.autograd.grad(y, [x, layer.weight], gy)
+        # the unfolded formula, written out
+        w = layer.weight * layer.weight_gain
+        if isinstance(layer, ops.Conv2dLayer):
+            want = ops.bias_act(ops.conv2d_resample(x, w, f=layer.resample_filter, down=2, padding=1), layer.bias,
+                                act="lrelu", clamp=5)
+        else:
+            b = layer.bias * layer.bias_gain
+            want = ops.bias_act(x @ w.t(), b, act=layer.activation)
+        wx, ww = torch.autograd.grad(want, [x, layer.weight], gy)
+        assert torch.allclose(y, want, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(gx, wx, rtol=1e-5, atol=1e-6) and torch.allclose(gw, ww, rtol=1e-5, atol=1e-6)
+
+
+# -------------------------------------------------------------------------------------------------
+# Host syncs
+
+def test_sync_recorder_and_sync_debug_on_cpu():
+    x = torch.randn(4)
+    with speed.record_host_syncs() as events:
+        x.sum().item()
+        x.tolist()
+        bool(x[0] > 0)
+        x[x > 0]
+        torch.nonzero(x)
+    kinds = [w for w, _ in events]
+    assert any(".item()" in k for k in kinds) and ".tolist()" in kinds
+    assert "boolean-mask indexing" in kinds and any("nonzero" in k for k in kinds)
+    assert all("test_speed.py" in where for _, where in events)
+    with pytest.raises(speed.HostSyncError, match="test_speed.py"):
+        with speed.sync_debug("cpu"):
+            float(x.sum())
+    (x * 2).sum()  # outside the scope nothing is watched
+
+
+def test_backbone_and_speed_code_have_no_host_syncs_in_a_step():
+    """A whole image training step (every phase) with the sync recorder: none of the syncs it finds
+    comes from the backbone (stylegan_base/) or from training/speed.py; the others are the loop's,
+    listed in the speed report."""
+    tr = make_trainer(["ada"], {"ada": {"p": "0.5", "adaptive": "false"}}, **SMALL)
+    rt = speed.attach_to_trainer(tr)
+    assert rt.opts.compile == "off"
+    tr.step()
+    with speed.record_host_syncs() as events:
+        tr.step()
+    bad = [(w, where) for w, where in events
+           if f"{os.sep}stylegan_base{os.sep}" in where or "training/speed.py" in where]
+    assert not bad, bad
+
+
+# -------------------------------------------------------------------------------------------------
+# Threads and the GPU script
+
+def test_default_threads():
+    assert speed.default_threads(1, cpus=8, kind="points") == 1
+    assert speed.default_threads(1, cpus=8) == 8 and speed.default_threads(3, cpus=8) == 2
+    assert speed.default_threads(16, cpus=2) == 1
+    before = torch.get_num_threads()
+    try:
+        assert speed.configure_threads(1) == 1
+    finally:
+        torch.set_num_threads(before)
+    # the CLI sets the OpenMP wait policy before torch loads (a user's own setting wins)
+    code = "import os, ganstack.training.cli; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.strip() == "PASSIVE", out.stderr[-500:]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(env, OMP_WAIT_POLICY="ACTIVE"))
+    assert out.stdout.strip() == "ACTIVE"
+
+
+def test_gpu_script_smoke_mode(tmp_path):
+    """benchmarks/gpu_speed.py --smoke runs every row kind on tiny configs on the CPU, within budget,
+    and writes its JSON."""
+    env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_speed.py"), "--smoke", "--budget-s", "240"],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import json
+    res = json.load(open(tmp_path / "gpu_speed.json"))
+    assert res["device"] and res["command"].startswith("python")
+    kinds = {row["variant"] for row in res["throughput"]}
+    assert {"eager", "compiled", "bf16"} <= kinds
+    assert {row["stack"] for row in res["plugins"]} >= {"none", "diffusion", "smart", "clr", "diffusion,smart,clr"}
+    assert "s/kimg" in r.stdout and "overhead" in r.stdout
