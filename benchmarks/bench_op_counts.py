@@ -38,7 +38,6 @@ import json
 import math
 import os
 import sys
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

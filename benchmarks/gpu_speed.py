@@ -56,6 +56,8 @@ VARIANTS = {
     "compiled-cg": dict(compile="reduce-overhead", tf32=True),
     "bf16": dict(mp_res=4, mp_dtype="bf16", channels_last=True, tf32=True),
     "compiled+bf16": dict(compile="default", mp_res=4, mp_dtype="bf16", channels_last=True, tf32=True),
+    # the FIR as a depthwise (grouped) conv instead of the channel-folded one (stylegan_base/ops.py)
+    "eager-dwfir": dict(fir="conv"),
 }
 
 
@@ -117,6 +119,9 @@ def build_trainer(preset: str, plugins, options, speed_kw: dict, smoke: bool, de
     from ganstack.training.loop import Trainer
     from ganstack.training.plugin_manager import PluginStack
 
+    from ganstack.stylegan_base import ops
+    speed_kw = dict(speed_kw)
+    ops.set_fir_impl(speed_kw.pop("fir", "auto"))
     kw = dict(preset_kwargs(preset, smoke), **speed_kw, device=device)
     cfg = TrainConfig(**kw)
     cfg._user_set = set(kw)
@@ -318,30 +323,34 @@ def make_plan(smoke: bool, device: str) -> list[dict]:
     """Rows in order of importance, with a first estimate of their cost in seconds (start-up included)."""
     if smoke:
         base = dict(device=device, smoke=True, warmup=2, tick_steps=2, min_ticks=2, max_s=3)
-        est = {"eager": 25, "compiled": 45, "compiled-cg": 45, "bf16": 25, "compiled+bf16": 45}
+        est = {"eager": 25, "compiled": 45, "compiled-cg": 45, "bf16": 25, "compiled+bf16": 45, "eager-dwfir": 25}
         plug = dict(base, kind="plugins", variant="eager", min_rounds=2, est=50)
     else:
         base = dict(device=device, smoke=False, warmup=12, tick_steps=16, min_ticks=4, max_s=25)
-        est = {"eager": 45, "compiled": 160, "compiled-cg": 200, "bf16": 50, "compiled+bf16": 180}
+        est = {"eager": 45, "compiled": 160, "compiled-cg": 200, "bf16": 50, "compiled+bf16": 180, "eager-dwfir": 45}
         plug = dict(base, kind="plugins", variant="eager", min_rounds=4, max_s=40, est=110)
 
     def tp(preset, variant, extra_est=0):
         return dict(base, kind="throughput", preset=preset, variant=variant, est=est[variant] + extra_est)
 
     big = 0 if smoke else 30  # 256x256: slower steps
+    if smoke:  # one row of each kind, so the CPU test stays short
+        return [tp("cifar", "eager"), tp("cifar", "compiled"), tp("cifar", "bf16"), plug,
+                dict(base, kind="syncs", est=20), tp("paper256", "eager")]
     plan = [
         tp("cifar", "eager"),
         tp("cifar", "compiled"),
         plug,
         tp("paper256", "eager", big),
         tp("paper256", "bf16", big),
-        dict(base, kind="syncs", est=30 if not smoke else 20),
+        dict(base, kind="syncs", est=30),
         tp("cifar", "compiled-cg"),
         tp("paper256", "compiled+bf16", big),
+        tp("cifar", "eager-dwfir"),
         tp("cifar", "bf16"),
         tp("cifar", "compiled+bf16"),
         tp("paper256", "compiled", big),
-        dict(plug, variant="compiled", est=plug["est"] + (5 * est["compiled"] if not smoke else 200)),
+        dict(plug, variant="compiled", est=plug["est"] + 5 * est["compiled"]),
     ]
     return plan
 

@@ -251,6 +251,11 @@ def _caller(skip_torch: bool = True) -> str:
     return "?"
 
 
+def _in_optimizer() -> bool:
+    optim_dir = os.path.join(os.path.dirname(os.path.abspath(torch.__file__)), "optim") + os.sep
+    return any(os.path.abspath(fr.filename).startswith(optim_dir) for fr in traceback.extract_stack())
+
+
 class _SyncRecorder:
     """Finds host syncs in CPU code: the ops that would make a GPU run wait."""
 
@@ -259,6 +264,8 @@ class _SyncRecorder:
         self.events: list[tuple[str, str]] = []
 
     def hit(self, what: str) -> None:
+        if _in_optimizer():
+            return  # torch.optim reads its step counters, CPU tensors in a GPU run too: no device sync
         where = _caller()
         self.events.append((what, where))
         if self.raise_on_sync:
