@@ -494,7 +494,11 @@ def count_variant(variant: str, preset: str, res: int, batch: int, plugins=(), o
         tr.batch_idx = period * 2  # every lazy phase is due
         lazy = profile_step(tr)
         plain = profile_step(tr)  # batch_idx = 2 * period + 1: no lazy phase
-    return dict(plain=plain, lazy=lazy, intervals={r.name: (r.net, r.interval) for r in tr.regularizers})
+    out = dict(plain=plain, lazy=lazy, intervals={r.name: (r.net, r.interval) for r in tr.regularizers})
+    if variant == "compiled":
+        from torch._dynamo.utils import counters
+        out["graphs"] = dict(counters["stats"])  # unique_graphs: compiled graphs over the whole run
+    return out
 
 
 def period_mean(res: dict, key: str) -> float:

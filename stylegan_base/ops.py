@@ -19,6 +19,9 @@ Speed notes (why the code looks the way it does):
   ``conv_transpose2d`` with stride ``up`` whose output is cropped in place through
   the transposed-conv ``padding`` argument; downsampling is a strided depthwise
   ``conv2d`` that only computes the pixels that are kept.
+* In eager mode every FIR is an autograd.Function whose backward is the adjoint FIR, so R1's and
+  path length's gradients of gradients run FIR forwards too: PyTorch's own double backward of a
+  grouped conv loops over the groups (one conv launch per channel, 512 per FIR layer at 32x32).
 * Inside ``torch.compile`` the up=1 FIR (which is what the heavy layers use: the
   filter after every upsampling conv and before every downsampling conv) is
   written as a weighted sum of shifted slices. Inductor fuses that into one
@@ -64,15 +67,11 @@ _fir_impl = 'auto'
 def set_fir_impl(impl: str) -> None:
     """Choose how ``upfirdn2d`` runs when called with ``impl='auto'``.
 
-    ``'auto'`` (default): in eager mode ``'fold'`` for contiguous inputs and ``'conv'`` for
-    channels_last ones; inside ``torch.compile`` shifted-slice taps for up=1 and ``'fold'`` otherwise.
-    ``'fold'``: the channels are folded into the batch and one single-channel (groups=1) conv or
-    transposed conv filters them all. ``'conv'``: a depthwise (grouped) conv. ``'taps'``: a weighted
-    sum of shifted slices (up=1). ``'ref'``: the slow zero-insertion reference (for comparisons).
-
-    Why ``'fold'`` by default: PyTorch's double backward of a *grouped* convolution (R1 and path
-    length take ``create_graph=True`` gradients through every FIR) loops over the groups, one conv
-    per channel (512 launches per FIR layer at 32x32); the folded single-channel conv has no groups.
+    ``'auto'`` (default): depthwise conv in eager mode, shifted-slice taps inside ``torch.compile``
+    for up=1. ``'conv'``: a depthwise (grouped) conv or transposed conv. ``'fold'``: the channels
+    folded into the batch, one single-channel (groups=1) conv (6-12x slower than ``'conv'`` on a CPU;
+    for measurement on GPUs). ``'taps'``: a weighted sum of shifted slices (up=1). ``'ref'``: the slow
+    zero-insertion reference (for comparisons).
     """
     if impl not in _FIR_IMPLS:
         raise ValueError(f'fir impl must be one of {_FIR_IMPLS}, got {impl!r}')
@@ -311,27 +310,53 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up=1, down=1, padding=
         impl = 'ref'
     if impl == 'ref':
         return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+    compiling = _is_compiling()
     if impl == 'auto':
-        if _is_compiling():
-            impl = 'taps' if _parse_scaling(up) == (1, 1) else 'fold'
-        else:
-            impl = 'fold' if x.is_contiguous() else 'conv'
+        impl = 'taps' if compiling and _parse_scaling(up) == (1, 1) else 'conv'
     if impl == 'taps' and _parse_scaling(up) != (1, 1):
-        impl = 'fold'  # up > 1 always runs as a transposed conv
+        impl = 'conv'  # up > 1 always runs as a transposed conv
 
     upx, upy = _parse_scaling(up)
     downx, downy = _parse_scaling(down)
     px0, px1, py0, py1 = _parse_padding(padding)
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    if f.ndim == 2:
-        return _upfirdn2d_single(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain, impl)
-    if f.ndim != 1:
+    if f.ndim not in (1, 2):
         raise ValueError(f'filter must be 1-D or 2-D, got shape {tuple(f.shape)}')
+    # Eager: an autograd.Function whose backward is the adjoint FIR (itself such a Function), so gradients
+    # of any order stay FIR forwards. Autograd's own double backward of a grouped conv (R1 and path
+    # length need it) would run one conv per channel. Inside torch.compile the plain ops are traced.
+    single = _upfirdn2d_single if (compiling or f.requires_grad) else _FIR.apply
+    if f.ndim == 2:
+        return single(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain, impl)
     g = math.sqrt(gain)
-    x = _upfirdn2d_single(x, f.reshape(1, -1), upx, 1, downx, 1, px0, px1, 0, 0, flip_filter, g, impl)
-    x = _upfirdn2d_single(x, f.reshape(-1, 1), 1, upy, 1, downy, 0, 0, py0, py1, flip_filter, g, impl)
+    x = single(x, f.reshape(1, -1), upx, 1, downx, 1, px0, px1, 0, 0, flip_filter, g, impl)
+    x = single(x, f.reshape(-1, 1), 1, upy, 1, downy, 0, 0, py0, py1, flip_filter, g, impl)
     return x
+
+
+class _FIR(torch.autograd.Function):
+    """``_upfirdn2d_single`` with the adjoint FIR as its backward (as the official CUDA op does): the
+    gradient of upfirdn(x; up, down, p, f) is upfirdn(dy; down, up, p', flipped f), so every order
+    of gradient runs the same fast forward formulation."""
+
+    @staticmethod
+    def forward(ctx, x, f2, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain, impl):
+        ctx.save_for_backward(f2)
+        ctx.args = (upx, upy, downx, downy, px0, py0, flip_filter, gain, impl, x.shape[2], x.shape[3])
+        return _upfirdn2d_single(x, f2, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain, impl)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (f2,) = ctx.saved_tensors
+        upx, upy, downx, downy, px0, py0, flip_filter, gain, impl, ih, iw = ctx.args
+        fh, fw = int(f2.shape[0]), int(f2.shape[1])
+        oh, ow = dy.shape[2], dy.shape[3]
+        p = [fw - px0 - 1, iw * upx - ow * downx + px0 - upx + 1,
+             fh - py0 - 1, ih * upy - oh * downy + py0 - upy + 1]
+        impl_b = 'conv' if impl == 'taps' and (downx > 1 or downy > 1) else impl  # adjoint of down is up
+        dx = _FIR.apply(dy, f2, downx, downy, upx, upy, p[0], p[1], p[2], p[3], not flip_filter, gain, impl_b)
+        return (dx,) + (None,) * 12
 
 
 def upfirdn2d_ref(x: torch.Tensor, f: Optional[torch.Tensor], up=1, down=1, padding=0,

@@ -405,6 +405,12 @@ def apply_speed_options(nets, cfg, device) -> SpeedRuntime:
     return SpeedRuntime(opts, device, compiled, mp)
 
 
+def optimizer_kwargs(device) -> dict:
+    """Extra ``torch.optim.Adam`` arguments for the loop's optimizers: on CUDA the fused kernel (a few
+    launches per step instead of ~12 multi-tensor launches per parameter list); nothing on a CPU."""
+    return {"fused": True} if torch.device(device).type == "cuda" else {}
+
+
 def attach_to_trainer(trainer, rt: Optional[SpeedRuntime] = None) -> SpeedRuntime:
     """Wire a :class:`SpeedRuntime` into an existing ``Trainer`` object (``step`` and the loss's
     ``accumulate_gradients``) without editing the loop: what the loop does natively once it calls
