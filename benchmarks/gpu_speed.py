@@ -56,8 +56,8 @@ VARIANTS = {
     "compiled-cg": dict(compile="reduce-overhead", tf32=True),
     "bf16": dict(mp_res=4, mp_dtype="bf16", channels_last=True, tf32=True),
     "compiled+bf16": dict(compile="default", mp_res=4, mp_dtype="bf16", channels_last=True, tf32=True),
-    # the FIR as a depthwise (grouped) conv instead of the channel-folded one (stylegan_base/ops.py)
-    "eager-dwfir": dict(fir="conv"),
+    # the FIR with the channels folded into the batch (groups=1) instead of a depthwise conv (ops.py)
+    "eager-foldfir": dict(fir="fold"),
 }
 
 
@@ -323,11 +323,11 @@ def make_plan(smoke: bool, device: str) -> list[dict]:
     """Rows in order of importance, with a first estimate of their cost in seconds (start-up included)."""
     if smoke:
         base = dict(device=device, smoke=True, warmup=2, tick_steps=2, min_ticks=2, max_s=3)
-        est = {"eager": 25, "compiled": 45, "compiled-cg": 45, "bf16": 25, "compiled+bf16": 45, "eager-dwfir": 25}
+        est = {"eager": 25, "compiled": 45, "compiled-cg": 45, "bf16": 25, "compiled+bf16": 45, "eager-foldfir": 25}
         plug = dict(base, kind="plugins", variant="eager", min_rounds=2, est=50)
     else:
         base = dict(device=device, smoke=False, warmup=12, tick_steps=16, min_ticks=4, max_s=25)
-        est = {"eager": 45, "compiled": 160, "compiled-cg": 200, "bf16": 50, "compiled+bf16": 180, "eager-dwfir": 45}
+        est = {"eager": 45, "compiled": 160, "compiled-cg": 200, "bf16": 50, "compiled+bf16": 180, "eager-foldfir": 45}
         plug = dict(base, kind="plugins", variant="eager", min_rounds=4, max_s=40, est=110)
 
     def tp(preset, variant, extra_est=0):
@@ -346,7 +346,7 @@ def make_plan(smoke: bool, device: str) -> list[dict]:
         dict(base, kind="syncs", est=30),
         tp("cifar", "compiled-cg"),
         tp("paper256", "compiled+bf16", big),
-        tp("cifar", "eager-dwfir"),
+        tp("cifar", "eager-foldfir"),
         tp("cifar", "bf16"),
         tp("cifar", "compiled+bf16"),
         tp("paper256", "compiled", big),
