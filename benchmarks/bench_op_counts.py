@@ -40,7 +40,6 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -54,46 +53,10 @@ from ganstack.stylegan_base import networks, ops  # noqa: E402
 # =================================================================================================
 
 
-def ref_upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
-    """Reference ``_upfirdn2d_ref``: zero insertion, pad/crop, depthwise FIR conv(s), subsample."""
-    if f is None:
-        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    N, C, H, W = x.shape
-    upx, upy = ops._parse_scaling(up)
-    downx, downy = ops._parse_scaling(down)
-    px0, px1, py0, py1 = ops._parse_padding(padding)
-    x = x.reshape([N, C, H, 1, W, 1])
-    x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
-    x = x.reshape([N, C, H * upy, W * upx])
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-    f = f * (gain ** (f.ndim / 2))
-    f = f.to(x.dtype)
-    if not flip_filter:
-        f = f.flip(list(range(f.ndim)))
-    f = f[None, None].repeat([C, 1] + [1] * f.ndim)
-    if f.ndim == 4:
-        x = F.conv2d(x, f, groups=C)
-    else:
-        x = F.conv2d(x, f.unsqueeze(2), groups=C)
-        x = F.conv2d(x, f.unsqueeze(3), groups=C)
-    return x[:, :, ::downy, ::downx]
-
-
-def ref_upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1):
-    upx, upy = ops._parse_scaling(up)
-    px0, px1, py0, py1 = ops._parse_padding(padding)
-    fw, fh = ops._get_filter_size(f)
-    p = [px0 + (fw + upx - 1) // 2, px1 + (fw - upx) // 2, py0 + (fh + upy - 1) // 2, py1 + (fh - upy) // 2]
-    return ref_upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * upx * upy)
-
-
-def ref_downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1):
-    downx, downy = ops._parse_scaling(down)
-    px0, px1, py0, py1 = ops._parse_padding(padding)
-    fw, fh = ops._get_filter_size(f)
-    p = [px0 + (fw - downx + 1) // 2, px1 + (fw - downx) // 2, py0 + (fh - downy + 1) // 2, py1 + (fh - downy) // 2]
-    return ref_upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain)
+# upfirdn2d, upsample2d, downsample2d, conv2d_resample: ganstack's own literal reference path
+# (``ops.reference_ops()``: ``ops.upfirdn2d_ref``, zero insertion + pad/crop + depthwise FIR conv(s) +
+# subsample, exactly ``_upfirdn2d_ref``; ``conv2d_resample`` keeps the official fast-path logic, which
+# ganstack shares, and calls it).
 
 
 def ref_bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None):
@@ -145,64 +108,9 @@ def _unbroadcast(x, shape):
     return x
 
 
-def _ref_conv(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True):
-    kh, kw = w.shape[2], w.shape[3]
-    if not flip_weight and (kw > 1 or kh > 1):
-        w = w.flip([2, 3])
-    op = F.conv_transpose2d if transpose else F.conv2d
-    return op(x, w, stride=stride, padding=padding, groups=groups)
-
-
-def ref_conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight=True, flip_filter=False):
-    """Reference ``conv2d_resample``: the same fast paths, with the reference upfirdn2d."""
-    out_channels, in_per_group, kh, kw = (int(s) for s in w.shape)
-    fw, fh = ops._get_filter_size(f)
-    px0, px1, py0, py1 = ops._parse_padding(padding)
-    if up > 1:
-        px0 += (fw + up - 1) // 2
-        px1 += (fw - up) // 2
-        py0 += (fh + up - 1) // 2
-        py1 += (fh - up) // 2
-    if down > 1:
-        px0 += (fw - down + 1) // 2
-        px1 += (fw - down) // 2
-        py0 += (fh - down + 1) // 2
-        py1 += (fh - down) // 2
-    if kw == 1 and kh == 1 and down > 1 and up == 1:
-        x = ref_upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1], flip_filter=flip_filter)
-        return _ref_conv(x, w, groups=groups, flip_weight=flip_weight)
-    if kw == 1 and kh == 1 and up > 1 and down == 1:
-        x = _ref_conv(x, w, groups=groups, flip_weight=flip_weight)
-        return ref_upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up ** 2, flip_filter=flip_filter)
-    if down > 1 and up == 1:
-        x = ref_upfirdn2d(x, f, padding=[px0, px1, py0, py1], flip_filter=flip_filter)
-        return _ref_conv(x, w, stride=down, groups=groups, flip_weight=flip_weight)
-    if up > 1:
-        if groups == 1:
-            w = w.transpose(0, 1)
-        else:
-            w = w.reshape(groups, out_channels // groups, in_per_group, kh, kw).transpose(1, 2)
-            w = w.reshape(groups * in_per_group, out_channels // groups, kh, kw)
-        px0 -= kw - 1
-        px1 -= kw - up
-        py0 -= kh - 1
-        py1 -= kh - up
-        pxt = max(min(-px0, -px1), 0)
-        pyt = max(min(-py0, -py1), 0)
-        x = _ref_conv(x, w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True, flip_weight=not flip_weight)
-        x = ref_upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up ** 2,
-                          flip_filter=flip_filter)
-        if down > 1:
-            x = ref_upfirdn2d(x, f, down=down, flip_filter=flip_filter)
-        return x
-    if up == 1 and down == 1 and px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
-        return _ref_conv(x, w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)
-    x = ref_upfirdn2d(x, (f if up > 1 else None), up=up, padding=[px0, px1, py0, py1], gain=up ** 2,
-                      flip_filter=flip_filter)
-    x = _ref_conv(x, w, groups=groups, flip_weight=flip_weight)
-    if down > 1:
-        x = ref_upfirdn2d(x, f, down=down, flip_filter=flip_filter)
-    return x
+def ref_conv2d_resample(*args, **kwargs):
+    with ops.reference_ops():
+        return ops.conv2d_resample(*args, **kwargs)
 
 
 def ref_modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=0, resample_filter=None,
@@ -288,7 +196,6 @@ def reference_formulation():
     """Run the ganstack networks with the reference layer functions above (same parameters)."""
     patches = [
         (networks, "modulated_conv2d", ref_modulated_conv2d), (networks, "bias_act", ref_bias_act),
-        (networks, "upsample2d", ref_upsample2d), (networks, "downsample2d", ref_downsample2d),
         (ops.FullyConnectedLayer, "forward", _ref_fc_forward), (ops.Conv2dLayer, "forward", _ref_conv_layer_forward),
         (networks.SynthesisLayer, "forward", _ref_synthesis_layer_forward),
         (networks.ToRGBLayer, "forward", _ref_torgb_forward),
@@ -297,7 +204,8 @@ def reference_formulation():
     for obj, name, fn in patches:
         setattr(obj, name, fn)
     try:
-        yield
+        with ops.reference_ops():  # every upfirdn2d (networks' up/downsampling, ADA's too) -> reference
+            yield
     finally:
         for obj, name, fn in saved:
             setattr(obj, name, fn)

@@ -375,6 +375,22 @@ def test_gain_folding_keeps_layer_outputs_and_grads():
         assert torch.allclose(gx, wx, rtol=1e-5, atol=1e-6) and torch.allclose(gw, ww, rtol=1e-5, atol=1e-6)
 
 
+def test_benchmark_reference_formulation_computes_the_same_networks():
+    """benchmarks/bench_op_counts.py's re-implementation of the official reference ops runs the same
+    G and D to the same outputs and gradients (so its operator counts compare like with like)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_op_counts
+
+    G, D = _nets(res=8, clamp=256)
+    z, reals = torch.randn(4, 16), torch.randn(4, 3, 8, 8)
+    img0, l0, g0 = _g_d_grads(G, D, z, reals)
+    with bench_op_counts.reference_formulation():
+        img1, l1, g1 = _g_d_grads(G, D, z, reals)
+    assert rel(img1, img0) < 1e-5 and rel(l1, l0) < 1e-5
+    for k in g0:
+        assert rel(g1[k], g0[k]) < 1e-4 or g0[k].abs().max() == 0, k
+
+
 # -------------------------------------------------------------------------------------------------
 # Host syncs
 

@@ -44,7 +44,6 @@ sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads, so idle OpenMP threads slee
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import threading
 import traceback
@@ -59,21 +58,22 @@ MP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-@dataclasses.dataclass
-class SpeedOptions:
-    """The speed switches of a run (read from a ``TrainConfig`` by :meth:`from_config`)."""
+SPEED_FIELDS = ("compile", "mp_res", "mp_dtype", "channels_last", "tf32", "sync_debug")
 
-    compile: str = "off"
-    mp_res: int = 0
-    mp_dtype: str = "bf16"
-    channels_last: bool = False
-    tf32: bool = False
-    sync_debug: bool = False
+
+class SpeedOptions:
+    """The speed switches of a run: the ``TrainConfig`` fields named in :data:`SPEED_FIELDS` (with
+    TrainConfig's defaults for any an older config object lacks)."""
+
+    def __init__(self, **values):
+        for name in SPEED_FIELDS:
+            setattr(self, name, values[name])
 
     @classmethod
     def from_config(cls, cfg) -> "SpeedOptions":
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{n: getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None})
+        from ganstack.training.config import TrainConfig
+        default = TrainConfig()
+        return cls(**{n: getattr(cfg, n, getattr(default, n)) for n in SPEED_FIELDS})
 
     def check(self) -> Optional[str]:
         """None, or a one-paragraph message saying what is wrong and what would be right."""
