@@ -53,6 +53,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ganstack.stylegan_base.errors import GanstackError
+
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -220,8 +222,8 @@ def set_block_precision(net: torch.nn.Module, mp_res: int, dtype: torch.dtype, c
 # ------------------------------------------------------------------------------------------------
 # Host syncs
 
-class HostSyncError(RuntimeError):
-    """An operation inside a ``--sync-debug`` step waits for the device."""
+class HostSyncError(GanstackError, RuntimeError):
+    """An operation inside a ``--sync-debug`` step waits for the device (the CLI prints it as one line)."""
 
 
 # aten ops that need a value on the host: on a GPU each of them waits for the queue to drain.
@@ -334,6 +336,13 @@ def sync_debug(device, enabled: bool = True):
         torch.cuda.set_sync_debug_mode("error")
         try:
             yield
+        except RuntimeError as exc:
+            if "synchroniz" not in str(exc):
+                raise
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename).startswith(root)]
+            where = f"{frames[-1].filename}:{frames[-1].lineno} ({frames[-1].name})" if frames else "?"
+            raise HostSyncError(f"host sync inside a --sync-debug step at {where}: {str(exc).splitlines()[0]}") from exc
         finally:
             torch.cuda.set_sync_debug_mode(prev)
     else:
