@@ -346,7 +346,7 @@ def profile_step(trainer) -> dict:
 
 
 def make_trainer(preset: str, res: int, batch: int, plugins=(), options=None, device="cpu", cbase=None,
-                 cmax=None, speed_overrides=None):
+                 cmax=None, speed_overrides=None, dynamic=False):
     from ganstack.stylegan_base.datasets import open_dataset
     from ganstack.training.config import TrainConfig, resolve
     from ganstack.training.loop import Trainer
@@ -366,7 +366,11 @@ def make_trainer(preset: str, res: int, batch: int, plugins=(), options=None, de
     resolve(cfg, ds.info())
     stack = PluginStack(list(plugins), options or {})
     stack.configure(cfg)
-    return Trainer(cfg, stack, ds, run_dir=None, device=device, log=lambda *_: None)
+    from ganstack.training import speed  # the accelerator Trainer would pick, with torch.compile's ``dynamic``
+    acc = speed.accelerator_for(cfg, device)
+    if acc is not None:
+        acc.dynamic = dynamic
+    return Trainer(cfg, stack, ds, run_dir=None, device=device, log=lambda *_: None, accelerator=acc)
 
 
 def set_foreach(trainer) -> None:
@@ -380,20 +384,11 @@ def set_foreach(trainer) -> None:
 def count_variant(variant: str, preset: str, res: int, batch: int, plugins=(), options=None, dynamic=False,
                   mode="default") -> dict:
     """Counts for a plain step and for a step with every lazy phase, after warm-up (compiles)."""
-    from ganstack.training import speed
-
     torch.manual_seed(0)
-    tr = make_trainer(preset, res, batch, plugins, options)
+    tr = make_trainer(preset, res, batch, plugins, options,
+                      speed_overrides=dict(compile=mode) if variant == "compiled" else None, dynamic=dynamic)
     set_foreach(tr)
     ctx = reference_formulation() if variant == "reference" else contextlib.nullcontext()
-    if variant == "compiled":
-        tr.cfg.compile = mode
-        rt = speed.apply_speed_options(tr.nets, tr.cfg, tr.device)
-        if dynamic is not False:
-            for m in rt.compiled:
-                speed.uncompile_module(m)
-                speed.compile_module(m, mode, dynamic=dynamic)
-        speed.attach_to_trainer(tr, rt)
     with ctx:
         # warm-up: a step with every lazy phase (compiles every graph) and a plain one
         tr.step()

@@ -43,7 +43,7 @@ DEFAULT_OPTS = ["ada.p=0.6", "ada.adaptive=false"]
 
 def build(data, cfg_name, names, options, overrides, device):
     cfg = TrainConfig(data=data, cfg=cfg_name, workers=0, **overrides)
-    cfg._user_set = {"data", "cfg", "workers"} | set(overrides)
+    cfg.mark_user_set({"data", "cfg", "workers"} | set(overrides))
     ds = open_dataset(data, use_labels=False)
     resolve(cfg, ds.info())
     stack = PluginStack(names, {k: v for k, v in options.items() if k in names})

@@ -31,7 +31,7 @@ from ganstack.training.plugin_manager import PluginStack, parse_stack  # noqa: E
 def measure(preset: str, res: int, batch, steps: int, warmup: int, device: str, plugins: str, amp: str):
     data = f"shapes{res}?n={max(256, 2 * (batch or 64))}"
     cfg = TrainConfig(data=data, cfg=preset, batch=batch, workers=0, amp=amp)
-    cfg._user_set = {"data", "cfg", "workers", "amp"} | ({"batch"} if batch else set())
+    cfg.mark_user_set({"data", "cfg", "workers", "amp"} | ({"batch"} if batch else set()))
     ds = open_dataset(data, use_labels=False)
     resolve(cfg, ds.info())
     stack = PluginStack(parse_stack(plugins), {})

@@ -38,7 +38,7 @@ from ganstack.training.plugin_manager import PluginStack, parse_stack  # noqa: E
 def train(data, names, outdir, kimg, seed, tick, overrides):
     cfg = TrainConfig(data=data, cfg="stylegan2", kimg=kimg, seed=seed, tick=tick, snap=10_000, workers=0,
                       **overrides)
-    cfg._user_set = {"data", "cfg", "kimg", "seed", "tick", "snap", "workers"} | set(overrides)
+    cfg.mark_user_set({"data", "cfg", "kimg", "seed", "tick", "snap", "workers"} | set(overrides))
     ds = open_dataset(data, use_labels=False)
     resolve(cfg, ds.info())
     stack = PluginStack(names, {})

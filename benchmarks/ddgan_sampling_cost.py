@@ -31,7 +31,7 @@ def build(names, options, args, device):
     info = {"kind": "image", "resolution": args.res, "num_channels": 3, "label_dim": 0, "name": "bench"}
     kw = dict(data="bench", cfg="cifar", cbase=args.cbase, cmax=args.cmax, batch=64)
     cfg = TrainConfig(**kw)
-    cfg._user_set = set(kw)
+    cfg.mark_user_set(set(kw))
     resolve(cfg, info)
     stack = PluginStack(names, options)
     stack.configure(cfg)
@@ -48,7 +48,7 @@ def time_sampling(stack, G, n, reps, device, fused):
     c = torch.zeros([n, 0], device=device)
 
     def once():
-        out = stack.first("sampler", G=G, z=z, c=c, ctx=None, G_kwargs=dict(noise_mode="const", fused_modconv=fused))
+        out = stack.hooks.sampler(G=G, z=z, c=c, ctx=None, G_kwargs=dict(noise_mode="const", fused_modconv=fused))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return out

@@ -63,7 +63,7 @@ def make_trainer(data, mode, cmgan_opts, kimg, seed, train):
     settings = dict(TRAIN_DEFAULTS)
     settings.update(train)
     cfg = TrainConfig(data=data, kimg=kimg, seed=seed, **settings)
-    cfg._user_set = set(settings) | {"data", "kimg", "seed"}
+    cfg.mark_user_set(set(settings) | {"data", "kimg", "seed"})
     ds = open_dataset(data, use_labels=False)
     resolve(cfg, ds.info())
     opts = dict(cmgan_opts, mode=mode)

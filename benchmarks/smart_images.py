@@ -66,7 +66,7 @@ def gan_config(args, seed):
                   cmax=args.cmax, map_depth=2, z_dim=args.z_dim, w_dim=args.z_dim, mbstd_group=4, gamma=args.gamma,
                   pl_weight=0.0, tick=args.tick, snap=args.snap, keep=0, seed=seed, workers=1)
     cfg = TrainConfig(**values)
-    cfg._user_set = set(values)
+    cfg.mark_user_set(set(values))
     return cfg
 
 

@@ -64,7 +64,7 @@ def clr_errors(tr, reals: torch.Tensor, z: torch.Tensor) -> dict:
 
 def run(data, names, options, kimg, seed, eval_kimg, train_overrides, num_samples=2500):
     cfg = TrainConfig(data=data, cfg="toy", kimg=kimg, seed=seed, workers=0, **train_overrides)
-    cfg._user_set = {"data", "cfg", "kimg", "seed", "workers"} | set(train_overrides)
+    cfg.mark_user_set({"data", "cfg", "kimg", "seed", "workers"} | set(train_overrides))
     ds = open_dataset(data, use_labels=False)
     info = ds.info()
     resolve(cfg, info)
@@ -84,7 +84,7 @@ def run(data, names, options, kimg, seed, eval_kimg, train_overrides, num_sample
             final = tr.cur_nimg >= cfg.total_nimg
             fake = draw_samples(tr.G_ema, stack, num_samples, "cpu").numpy()  # same count at every eval
             m = mixture_metrics(fake, centers, std)
-            point = dict(kimg=tr.cur_nimg / 1000, modes=m["modes"], hq_share=m["hq_share"], kl_modes=m["kl_modes"])
+            point = dict(kimg=tr.cur_nimg / 1000, modes=m["modes_covered"], hq_share=m["hq_share"], kl_modes=m["kl_modes"])
             if "clr" in names:
                 point.update(clr_errors(tr, reals, z))
             curve.append(point)

@@ -62,7 +62,7 @@ def parse_configs(text: str) -> list:
 
 def train_one(data, opts, kimg, seed, batch, train_overrides, record_every, eval_every_kimg, num_samples, log):
     cfg = TrainConfig(data=data, cfg="toy", kimg=kimg, seed=seed, batch=batch, workers=0, **train_overrides)
-    cfg._user_set = {"data", "cfg", "kimg", "seed", "batch", "workers"} | set(train_overrides)
+    cfg.mark_user_set({"data", "cfg", "kimg", "seed", "batch", "workers"} | set(train_overrides))
     ds = open_dataset(data, use_labels=False)
     info = ds.info()
     resolve(cfg, info)
@@ -86,12 +86,12 @@ def train_one(data, opts, kimg, seed, batch, train_overrides, record_every, eval
         if tr.cur_nimg / 1000 >= next_eval or tr.cur_nimg >= cfg.total_nimg:
             fake = draw_samples(tr.G_ema, stack, num_samples, tr.device, seed=123).cpu().numpy()
             m = mixture_metrics(fake, centers, std)
-            evals.append(dict(kimg=tr.cur_nimg / 1000, **{k: m[k] for k in ("modes", "hq_share", "kl_modes")}))
+            evals.append(dict(kimg=tr.cur_nimg / 1000, **{k: m[k] for k in ("modes_covered", "hq_share", "kl_modes")}))
             next_eval += eval_every_kimg
     wall = time.time() - t0
     fake = draw_samples(tr.G_ema, stack, num_samples, tr.device, seed=0).cpu().numpy()
     m = mixture_metrics(fake, centers, std)
-    log(f"  done in {wall:.0f} s, {tr.batch_idx} iterations: modes {m['modes']}/{m['num_modes']}, "
+    log(f"  done in {wall:.0f} s, {tr.batch_idx} iterations: modes {m['modes_covered']}/{m['num_modes']}, "
         f"hq {m['hq_share']:.3f}, kl {m['kl_modes']:.3f}, {stack.report_stats()}")
     return dict(metrics=m, samples=fake, curves=curves, evals=evals, wall_s=wall, iterations=tr.batch_idx,
                 reference=np.asarray(ds.get_batch(np.arange(2000))[0]), centers=centers)
@@ -101,9 +101,9 @@ def summarize(label, res) -> dict:
     ev = res["evals"]
     late = ev[len(ev) // 2:]
     m = res["metrics"]
-    return dict(config=label, modes=m["modes"], num_modes=m["num_modes"], hq_share=m["hq_share"],
-                kl_modes=m["kl_modes"], late_modes_min=min(e["modes"] for e in late),
-                late_modes_max=max(e["modes"] for e in late), late_hq_min=min(e["hq_share"] for e in late),
+    return dict(config=label, modes=m["modes_covered"], num_modes=m["num_modes"], hq_share=m["hq_share"],
+                kl_modes=m["kl_modes"], late_modes_min=min(e["modes_covered"] for e in late),
+                late_modes_max=max(e["modes_covered"] for e in late), late_hq_min=min(e["hq_share"] for e in late),
                 late_hq_max=max(e["hq_share"] for e in late), wall_s=res["wall_s"], iterations=res["iterations"])
 
 
@@ -122,7 +122,7 @@ def plot(results, path, title):
         ax.set_ylim(-6, 6)
         ax.set_aspect("equal")
         m = res["metrics"]
-        ax.set_title(f"{label}\n{m['modes']}/{m['num_modes']} modes, hq {m['hq_share']:.2f}", fontsize=8)
+        ax.set_title(f"{label}\n{m['modes_covered']}/{m['num_modes']} modes, hq {m['hq_share']:.2f}", fontsize=8)
         ax = axes[1, j]
         kimg = [c["kimg"] for c in res["curves"]]
         for key, name in (("Loss/G/loss", "G: -log D(fake)"), ("Loss/D/loss", "D loss")):
@@ -134,7 +134,7 @@ def plot(results, path, title):
         ax.legend(fontsize=6)
         ax = axes[2, j]
         ek = [e["kimg"] for e in res["evals"]]
-        ax.plot(ek, [e["modes"] for e in res["evals"]], label="modes (of 25)")
+        ax.plot(ek, [e["modes_covered"] for e in res["evals"]], label="modes (of 25)")
         ax.plot(ek, [25 * e["hq_share"] for e in res["evals"]], label="25 x hq share")
         ax.set_ylim(0, 26)
         ax.set_xlabel("kimg")

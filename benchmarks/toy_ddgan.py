@@ -56,7 +56,7 @@ def train_one(names, overrides, args, seed, T):
               ema_kimg=args.ema, workers=0, tick=1e9)
     kw.update(overrides)
     cfg = TrainConfig(**kw)
-    cfg._user_set = set(kw)
+    cfg.mark_user_set(set(kw))
     ds = open_dataset(cfg.data)
     resolve(cfg, ds.info())
     stack = PluginStack(names, {"ddgan": {"steps": T}} if "ddgan" in names else {})
@@ -99,13 +99,13 @@ def main():
         for v in variants:
             names, overrides = VARIANTS[v]
             x, m, secs, centers = train_one(names, overrides, args, seed, args.T)
-            print(f"{v:<18} {seed:>4} {m['modes']:>3}/{m['num_modes']:<2} {m['hq_share']:>9.3f} {m['kl_modes']:>9.3f} "
+            print(f"{v:<18} {seed:>4} {m['modes_covered']:>3}/{m['num_modes']:<2} {m['hq_share']:>9.3f} {m['kl_modes']:>9.3f} "
                   f"{m['mean_dist']:>10.3f} {secs:>8.1f}", flush=True)
             with open(os.path.join(args.outdir, "results.jsonl"), "a") as f:
                 f.write(json.dumps(dict(variant=v, seed=seed, kimg=args.kimg, batch=args.batch, T=args.T,
                                         mlp_hidden=args.mlp_hidden, ema=args.ema, train_s=secs, **m)) + "\n")
             np.save(os.path.join(args.outdir, f"samples_{v}_seed{seed}.npy"), x)
-            panels.append((f"{v}: {m['modes']}/{m['num_modes']} modes, hq {m['hq_share']:.2f}", x))
+            panels.append((f"{v}: {m['modes_covered']}/{m['num_modes']} modes, hq {m['hq_share']:.2f}", x))
         png = os.path.join(args.outdir, f"toy_ddgan_seed{seed}.png")
         if save_scatter_panels(panels, png, centers=centers, lim=5.5,
                                suptitle=f"{args.data}, {args.kimg:g} kimg, seed {seed}"):

@@ -16,8 +16,9 @@ a ``.pkl`` is only loaded when its SHA-256 is pinned (``GANSTACK_<NAME>_SHA256``
 No machine here can download them, so a detector is looked up in this order: the path or URL the
 user gives (``--detector [name=]PATH_OR_URL`` of ``ganstack metrics``), the environment variable
 (``GANSTACK_INCEPTION``, ``GANSTACK_VGG16``), then the cache folder
-(``$GANSTACK_CACHE/detectors``, default ``~/.cache/ganstack/detectors``). A verified file is copied
-into the cache, so it has to be given only once per machine. When none is found the error says what
+(``$GANSTACK_CACHE/detectors``, default ``~/.cache/ganstack/detectors``). A file that loaded and answered
+like a feature network is copied into the cache (atomically, and never over a working cached file unless
+its digest is pinned), so it has to be given only once per machine; a bad file never touches the cache. When none is found the error says what
 the file is, where it comes from and where to put it.
 
 SHA-256: NVIDIA does not publish digests next to these files, and none could be confirmed from here,
@@ -39,6 +40,7 @@ from typing import Optional
 import torch
 
 from ganstack.stylegan_base.errors import GanstackError
+from ganstack.stylegan_base.progress import progress
 
 
 class DetectorError(GanstackError):
@@ -126,7 +128,13 @@ def _download(url: str, dest_dir: str) -> str:
     fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=ext, dir=dest_dir)
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 - user-given URL
-            shutil.copyfileobj(r, f)
+            size = r.headers.get("Content-Length") if getattr(r, "headers", None) is not None else None
+            name = os.path.basename(urllib.parse.urlparse(url).path) or url
+            with progress(total=int(size) if size and size.isdigit() else None, desc=f"downloading {name}",
+                          unit="B") as bar:
+                for chunk in iter(lambda: r.read(1 << 20), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
     except Exception as exc:
         os.remove(tmp)
         raise DetectorError(f"Could not download {url} ({type(exc).__name__}: {exc}). Download it by hand and "
@@ -139,8 +147,14 @@ def _expected_digests(spec: DetectorSpec, sha256: Optional[str]) -> tuple:
     return (pinned.lower(),) if pinned else tuple(spec.sha256)
 
 
+def _cache_path(spec: DetectorSpec, ext: str = ".pt") -> str:
+    return os.path.join(cache_root(), "detectors", os.path.splitext(spec.filename)[0] + ext)
+
+
 def locate(name: str, given: Optional[str] = None, sha256: Optional[str] = None) -> tuple[str, str, bool]:
-    """Find, hash-check and cache detector ``name``; return ``(path, sha256, verified)``."""
+    """Find and hash-check detector ``name``; return ``(path, sha256, verified)``. Writes nothing to the
+    cache (:func:`load_detector` caches a file only after it has loaded and answered like a feature
+    network). A URL is downloaded to a temporary file in the cache folder, which is returned."""
     if name not in DETECTORS:
         raise DetectorError(f"Unknown feature network {name!r}; known: {', '.join(DETECTORS)}.")
     spec = DETECTORS[name]
@@ -151,7 +165,7 @@ def locate(name: str, given: Optional[str] = None, sha256: Optional[str] = None)
     if os.environ.get(spec.env):
         candidates.append((spec.env, os.environ[spec.env]))
     for ext in (".pt", ".pkl"):
-        candidates.append(("cache", os.path.join(cache_dir, os.path.splitext(spec.filename)[0] + ext)))
+        candidates.append(("cache", _cache_path(spec, ext)))
     tried = []
     for source, value in candidates:
         path = value
@@ -163,7 +177,8 @@ def locate(name: str, given: Optional[str] = None, sha256: Optional[str] = None)
         if not os.path.isfile(path):
             tried.append(f"{value} ({source})")
             if source != "cache":
-                raise DetectorError(f"The {name} feature network given by {source} ({value}) does not exist. "
+                what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+                raise DetectorError(f"The {name} feature network given by {source} ({value}) {what}. "
                                     + _missing_message(spec, tried))
             continue
         digest = file_sha256(path)
@@ -176,30 +191,21 @@ def locate(name: str, given: Optional[str] = None, sha256: Optional[str] = None)
                                 f"again (or unset {spec.env}_SHA256 if you pinned a different file on purpose).")
         verified = bool(expected)
         if path.endswith(".pkl") and not verified:
+            if downloaded:
+                os.remove(path)
             raise DetectorError(f"{value} is a pickle (.pkl), which runs code when loaded, and its SHA-256 ({digest}) "
                                 f"cannot be checked against a known digest. Use the TorchScript file {spec.filename} "
                                 f"({spec.url}) instead, or pin this file with {spec.env}_SHA256={digest} if you trust it.")
-        ext = os.path.splitext(path)[1] or ".pt"
-        cached = os.path.join(cache_dir, os.path.splitext(spec.filename)[0] + ext)
-        if source != "cache" and os.path.abspath(path) != os.path.abspath(cached):
-            os.makedirs(cache_dir, exist_ok=True)
-            tmp = cached + f".tmp-{os.getpid()}"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, cached)
-            if downloaded:
-                os.remove(path)
-            path = cached
         return path, digest, verified
     raise DetectorError(_missing_message(spec, tried))
 
 
-def load_detector(name: str, given: Optional[str] = None, device="cpu", sha256: Optional[str] = None,
-                  log=print) -> Detector:
-    """Locate (see :func:`locate`) and load detector ``name`` once per process and device."""
-    path, digest, verified = locate(name, given, sha256)
-    key = (digest, str(device))
-    if key in _loaded:
-        return _loaded[key]
+def _load_module(name: str, path: str, device) -> torch.nn.Module:
+    """Load ``path`` and check that it answers like a feature network (``net(uint8 images,
+    return_features=True)`` -> ``[N, F]`` finite features); DetectorError otherwise."""
+    from ganstack.stylegan_base.cli_support import describe_load_error
+
+    spec = DETECTORS[name]
     try:
         if path.endswith(".pkl"):
             import pickle
@@ -207,10 +213,91 @@ def load_detector(name: str, given: Optional[str] = None, device="cpu", sha256: 
                 module = pickle.load(f)  # noqa: S301 - only after the digest matched a pinned/published one
         else:
             module = torch.jit.load(path, map_location=device)
-    except Exception as exc:
-        raise DetectorError(f"{path} could not be loaded as the {name} feature network ({type(exc).__name__}: {exc}). "
-                            f"Expected the TorchScript file {DETECTORS[name].filename} from {DETECTORS[name].url}.") from None
-    module = module.eval().to(device)
+        module = module.eval().to(device)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is not the network
+        raise DetectorError(f"{path} could not be loaded as the {name} feature network: it "
+                            f"{describe_load_error(exc, path)}. Expected the TorchScript file {spec.filename} "
+                            f"from {spec.url}.") from None
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros([1, 3, 32, 32], dtype=torch.uint8, device=device), return_features=True)
+        ok = isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1 and bool(out.float().isfinite().all())
+        problem = "" if ok else f"it returned {type(out).__name__} {list(getattr(out, 'shape', []))}"
+    except Exception as exc:  # noqa: BLE001
+        problem = f"calling it failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+    if problem:
+        raise DetectorError(f"{path} loads, but it is not the {name} feature network: given uint8 images and "
+                            f"return_features=True it should return [N, features] ({problem}). Expected "
+                            f"{spec.filename} from {spec.url}.")
+    return module
+
+
+def _cache(name: str, path: str, digest: str, verified: bool, device, log) -> str:
+    """Copy a file that loaded and answered correctly into the cache, atomically; returns the path to use.
+
+    An existing cached file is replaced only when the new file's digest is pinned or published, or when
+    the cached one is broken; otherwise it is kept (it may be the right file) and a note says so.
+    """
+    spec = DETECTORS[name]
+    cached = _cache_path(spec, os.path.splitext(path)[1] or ".pt")
+    if os.path.abspath(path) == os.path.abspath(cached):
+        return path
+    downloaded = os.path.basename(path).startswith(".download-")
+    if os.path.isfile(cached):
+        old = file_sha256(cached)
+        keep = old == digest
+        if not keep and not verified:
+            try:
+                _load_module(name, cached, "cpu")
+                keep = True
+            except DetectorError:
+                keep = False  # a broken cache file is replaced by the good one
+            if keep:
+                log(f"note: using {path} for this run; the cache keeps {cached} (SHA-256 {old}), which is "
+                    f"another file. Delete it to cache this one instead.")
+        if keep and old == digest:
+            if downloaded:
+                os.remove(path)
+            return cached
+        if keep:
+            if downloaded:  # keep the download under a name of its own, beside the cached file
+                named = os.path.splitext(cached)[0] + f".{digest[:12]}" + os.path.splitext(cached)[1]
+                os.replace(path, named)
+                return named
+            return path
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    tmp = cached + f".tmp-{os.getpid()}"
+    try:
+        if downloaded:
+            os.replace(path, tmp)
+        else:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, cached)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return cached
+
+
+def load_detector(name: str, given: Optional[str] = None, device="cpu", sha256: Optional[str] = None,
+                  log=print) -> Detector:
+    """Locate (see :func:`locate`), load and check detector ``name`` once per process and device; a given or
+    downloaded file is copied into the cache only after it loaded and answered like a feature network."""
+    path, digest, verified = locate(name, given, sha256)
+    key = (digest, str(device))
+    if key in _loaded:
+        return _loaded[key]
+    try:
+        module = _load_module(name, path, device)
+    except DetectorError as exc:
+        if os.path.basename(path).startswith(".download-"):
+            os.remove(path)
+        if os.path.abspath(path).startswith(os.path.abspath(os.path.join(cache_root(), "detectors")) + os.sep):
+            raise DetectorError(f"The cached {name} feature network is damaged: {exc} Delete {path} and give "
+                                f"the file again (--detector {name}=PATH or {DETECTORS[name].env}).") from None
+        raise
+    path = _cache(name, path, digest, verified, device, log)
     if not verified and digest not in _notified:
         _notified.add(digest)
         log(f"note: {name} feature network {path} has SHA-256 {digest}; no published digest is known to "

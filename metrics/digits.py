@@ -169,10 +169,9 @@ def default_path() -> str:
 
 
 def save_classifier(net: DigitClassifier, info: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(dict(format=FORMAT, version=VERSION, arch=net.arch, state_dict=net.state_dict(), info=info), tmp)
-    os.replace(tmp, path)
+    from ganstack.stylegan_base.cli_support import atomic_path
+    with atomic_path(path) as tmp:  # removed on failure; an older classifier survives
+        torch.save(dict(format=FORMAT, version=VERSION, arch=net.arch, state_dict=net.state_dict(), info=info), tmp)
 
 
 _loaded: dict = {}
@@ -194,12 +193,19 @@ def load_classifier(path: Optional[str] = None, device="cpu") -> tuple[DigitClas
     if key not in _loaded:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ClassifierError(f"{path!r} could not be read as a digit classifier ({type(exc).__name__}: {exc}).") from None
+        except Exception as exc:  # noqa: BLE001 - no torch advice to load untrusted files unsafely
+            from ganstack.stylegan_base.cli_support import describe_load_error
+            raise ClassifierError(f"{path!r} could not be read as a digit classifier: it "
+                                  f"{describe_load_error(exc, path)}. Write one with 'ganstack train-classifier'.") from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
             raise ClassifierError(f"{path!r} is not a ganstack digit classifier; write one with 'ganstack train-classifier'.")
-        net = DigitClassifier(**ckpt["arch"])
-        net.load_state_dict(ckpt["state_dict"])
+        try:
+            net = DigitClassifier(**ckpt["arch"])
+            net.load_state_dict(ckpt["state_dict"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise ClassifierError(f"{path!r} is a damaged digit classifier ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); write it again with "
+                                  f"'ganstack train-classifier'.") from None
         net.eval().requires_grad_(False).to(device)
         _loaded[key] = (net, digest)
     return _loaded[key]

@@ -25,6 +25,7 @@ import torch
 
 from ganstack.metrics.formulas import FeatureStats
 from ganstack.stylegan_base.errors import DatasetError
+from ganstack.stylegan_base.progress import progress
 
 CACHE_VERSION = 1
 
@@ -82,7 +83,7 @@ def label_sampler(G, dataset) -> Optional[Callable]:
 
 
 def iter_fakes(G, stack, n: int, device, seed: int = 0, batch: int = 64, c_sampler: Optional[Callable] = None,
-               counter: Optional[ForwardCounter] = None, **G_kwargs) -> Iterator[torch.Tensor]:
+               counter: Optional[ForwardCounter] = None, desc: str = "generating", **G_kwargs) -> Iterator[torch.Tensor]:
     """Yield ``n`` fakes in batches through the ``sampler`` hook (``ctx=None``: the full chain).
 
     Latents come from a private generator seeded with ``seed``, and the global RNG is forked and
@@ -93,7 +94,8 @@ def iter_fakes(G, stack, n: int, device, seed: int = 0, batch: int = 64, c_sampl
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         g = torch.Generator(device=device).manual_seed(seed)
-        with (counter if counter is not None else contextlib.nullcontext()):
+        with (counter if counter is not None else contextlib.nullcontext()), \
+                progress(total=n, desc=desc, unit="img") as bar:
             for i in range(0, n, batch):
                 m = min(batch, n - i)
                 z = torch.randn([m, G.z_dim], generator=g, device=device)
@@ -102,7 +104,8 @@ def iter_fakes(G, stack, n: int, device, seed: int = 0, batch: int = 64, c_sampl
                 else:
                     c = torch.zeros([m, int(getattr(G, "c_dim", 0) or 0)], device=device)
                 with torch.no_grad():
-                    out = stack.first("sampler", G=G, z=z, c=c, ctx=None, G_kwargs=dict(G_kwargs))
+                    out = stack.hooks.sampler(G=G, z=z, c=c, ctx=None, G_kwargs=dict(G_kwargs))
+                bar.update(m)
                 yield out.img.float()
 
 
@@ -113,7 +116,7 @@ def generated_stats(G, stack, extractor: Callable[[torch.Tensor], torch.Tensor],
     stats = FeatureStats(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=num_gen)
     counter = ForwardCounter(G)
     for img in iter_fakes(G, stack, num_gen, device, seed=seed, batch=batch, c_sampler=c_sampler, counter=counter,
-                          **(G_kwargs or {})):
+                          desc="features of generated images", **(G_kwargs or {})):
         stats.append(extractor(quantize(img)))
     return stats, counter.nfe(num_gen)
 
@@ -155,14 +158,20 @@ def real_stats(dataset, extractor: Callable[[torch.Tensor], torch.Tensor], extra
     options = dict(max_items=n, capture_all=capture_all, capture_mean_cov=capture_mean_cov)
     path = stats_cache_path(dataset, extractor_name, extractor_id, options, cache_dir)
     if cache and os.path.isfile(path):
-        return FeatureStats.load(path)
+        try:
+            return FeatureStats.load(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged cache file is only a recomputation
+            if log:
+                log(f"  the cached statistics {path} are damaged ({type(exc).__name__}); recomputing them")
     if log:
         log(f"  computing {extractor_name} features of {n} real images of {dataset.spec} (cached afterwards)")
     stats = FeatureStats(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=n)
-    for i in range(0, n, batch):
-        x, _ = dataset.get_batch(np.arange(i, min(i + batch, n)))
-        stats.append(extractor(x.to(device)))
-    if cache:
+    with progress(total=n, desc=f"{extractor_name} features of real images", unit="img") as bar:
+        for i in range(0, n, batch):
+            x, _ = dataset.get_batch(np.arange(i, min(i + batch, n)))
+            stats.append(extractor(x.to(device)))
+            bar.update(x.shape[0])
+    if cache and stats.num_items:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.npz"
         stats.save(tmp)

@@ -39,6 +39,7 @@ import torch
 from ganstack.stylegan_base.errors import GanstackError
 
 _METRICS: dict[str, Callable] = {}
+MAX_SAMPLES = 10_000_000  # samples one metric may ask for
 _PATTERNS: list[tuple[re.Pattern, Callable, str]] = []
 
 
@@ -82,6 +83,33 @@ def required_detectors(name: str) -> set:
     return set()
 
 
+def needs_classifier(name: str) -> bool:
+    """Whether metric ``name`` uses the project's digit classifier."""
+    return bool(re.match(r"(stackedmnist|digits_fid)", name))
+
+
+def check_applicable(name: str, data_info: dict) -> None:
+    """Raise now if metric ``name`` does not exist, cannot run on data described by ``data_info`` (a dataset's
+    ``info()``), or asks for an unusable sample count, so that a run fails before training, not at its
+    first checkpoint."""
+    lookup(name)
+    kind = data_info.get("kind")
+    if name == "toy":
+        if kind != "points" or not (data_info.get("toy") or {}).get("centers"):
+            raise GanstackError(f"metric 'toy' needs a built-in 2-D mixture (toy:gaussians25, toy:grid49, toy:ring8); "
+                                f"{data_info.get('name')!r} has no known mode centers.")
+        return
+    if kind != "image":
+        raise GanstackError(f"metric {name!r} measures images, but {data_info.get('name')!r} holds {kind}; "
+                            f"use toy for the built-in 2-D mixtures.")
+    for regex, _, _ in _PATTERNS:
+        m = regex.match(name)
+        if m:
+            if m.group(1) is not None:
+                _count(m)  # the sample count is sane
+            return
+
+
 @dataclass
 class MetricOptions:
     """Where the metrics find their networks, and how they sample.
@@ -114,6 +142,9 @@ def _count(match, group: int = 1, default: Optional[int] = None) -> int:
     if match.group(group) is None:
         return default
     num = int(match.group(group)) * (1000 if match.group(group + 1) == "k" else 1)
+    if num > MAX_SAMPLES:
+        raise GanstackError(f"Metric {match.group(0)!r} asks for {num:,} samples; at most {MAX_SAMPLES:,} are "
+                            f"supported (the standard protocol uses 50k).")
     if num < 10:
         raise GanstackError(f"Metric {match.group(0)!r} asks for {num} samples; the estimators need more "
                           f"(e.g. {match.group(0).replace(match.group(group), '10', 1)} or the standard 50k).")
@@ -136,7 +167,8 @@ def _labels(G, dataset):
 
 @register("toy")
 def toy_metric(G, stack, dataset, device, cfg=None, opts=None, num_samples: int = 2500, **_):
-    """Modes covered, high-quality share, reverse KL over modes and mean distance for 2-D mixtures."""
+    """Modes covered (a mode holds >= 1/4 of its ideal share as high-quality samples), high-quality share,
+    reverse KL over modes, mean distance, and the loose count ``modes_loose`` for 2-D mixtures (``metrics/toy.py``)."""
     from ganstack.metrics.features import ForwardCounter, iter_fakes
     from ganstack.metrics.toy import mixture_metrics
 
@@ -288,13 +320,13 @@ def digits_fid_metric(match, G, stack, dataset, device, cfg=None, opts=None, **_
 # ------------------------------------------------------------------------------------------------
 # Direction of each reported number (for tables that mark the best)
 
-_HIGHER = re.compile(r"(^|_)(modes|hq_share|precision|recall|mean|accuracy)$")
+_HIGHER = re.compile(r"(^|_)(modes|modes_covered|hq_share|precision|recall|mean|accuracy)$")
 _LOWER = re.compile(r"(^|_)(kl_modes|kl_uniform|mean_dist)$|^(fid|kid|digits_fid)\d*k?(_full)?$")
 
 
 def direction(key: str) -> int:
     """+1 if a larger value of result ``key`` is better, -1 if smaller is better, 0 if neither (counts, nfe)."""
-    if key in ("nfe", "sec", "num_modes", "num_samples", "num_real") or key.endswith("_std") or key.endswith("sha256"):
+    if key in ("nfe", "sec", "num_modes", "num_samples", "num_real", "modes_loose", "mode_threshold") or key.endswith("_std") or key.endswith("sha256"):
         return 0
     if _LOWER.search(key):
         return -1
@@ -317,9 +349,14 @@ def compute(name: str, **kwargs) -> dict:
 def append_result(run_dir: str, name: str, result: dict, snapshot: str, kimg: float) -> str:
     """Append one JSON line to ``<run_dir>/metric-<name>.jsonl`` (and to TensorBoard if the run uses it)."""
     path = os.path.join(run_dir, f"metric-{name}.jsonl")
+    cut = False  # a previous line cut off (full disk, kill) must not swallow this one
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+    line = json.dumps({"metric": name, "results": result, "snapshot": snapshot, "kimg": kimg, "timestamp": time.time()})
     with open(path, "at") as f:
-        f.write(json.dumps({"metric": name, "results": result, "snapshot": snapshot, "kimg": kimg,
-                            "timestamp": time.time()}) + "\n")
+        f.write(("\n" if cut else "") + line + "\n")
     _tensorboard(run_dir, name, result, kimg)
     return path
 
@@ -350,5 +387,9 @@ def read_results(run_dir: str) -> list[dict]:
     for fname in sorted(os.listdir(run_dir)):
         if fname.startswith("metric-") and fname.endswith(".jsonl"):
             with open(os.path.join(run_dir, fname)) as f:
-                out += [json.loads(line) for line in f if line.strip()]
-    return out
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        pass  # blank, or a line cut off by a full disk or a kill: not a result
+    return [r for r in out if isinstance(r, dict) and "metric" in r]

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from ganstack.stylegan_base import ops
-from ganstack.training.api import Option, Plugin, PluginError, SignController, hookimpl
+from ganstack.training.api import Capabilities, Option, OptionValues, Plugin, PluginError, SignController, hookimpl
 
 # Low-pass filters of orthogonal wavelets (coefficients from the official augment.py; facts, not code).
 SYM2 = [-0.12940952255092145, 0.22414386804185735, 0.836516303737469, 0.48296291314469025]
@@ -437,9 +437,10 @@ class AugmentPipe:
 class AdaPlugin(Plugin):
     """ADA: StyleGAN2-ADA's adaptive augmentation ('bgc') of reals and fakes before D."""
 
+    capabilities = Capabilities(data="image")  # augments images; plain D inputs only
+
     def __init__(self):
-        self._setup(dict(augpipe="bgc", p=0.0, adaptive=True, target=0.6, ada_kimg=500.0, interval=4,
-                         resample="auto"))
+        self._setup(OptionValues.defaults(self.add_options()).as_dict())  # until configure delivers the options
 
     @hookimpl
     def add_options(self):
@@ -473,10 +474,6 @@ class AdaPlugin(Plugin):
     def network_kwargs(self, role, kwargs, data_info):
         if role != "D":
             return None
-        if data_info.get("kind") != "image":
-            raise PluginError(f"Plugin 'ada' augments images, but the dataset {data_info.get('name', '')!r} holds "
-                              f"{data_info.get('kind')}, not images. For 2-D points use 'diffusion', whose noise is "
-                              f"domain-agnostic, or drop 'ada' from --plugins.")
         if self.pipe.uses_color and data_info.get("num_channels") not in (1, 3):
             raise PluginError(f"ADA's color transforms (--ada-augpipe {self.o['augpipe']}) need grayscale or RGB "
                               f"images, but the dataset has {data_info.get('num_channels')} channels. Use "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ganstack.training.api import Option, Plugin, PluginError, hookimpl
+from ganstack.training.api import Capabilities, Option, OptionValues, Plugin, PluginError, hookimpl
 
 POLICIES = ("color", "translation", "cutout")
 
@@ -74,10 +74,10 @@ def rand_cutout(x, ratio: float = 0.5):
 class DiffAugmentPlugin(Plugin):
     """DiffAugment: color, translation and cutout applied to reals and fakes before D."""
 
+    capabilities = Capabilities(data="image")  # augments images; plain D inputs only
+
     def __init__(self):
-        self.policy = list(POLICIES)
-        self.translation_ratio = 0.125
-        self.cutout_ratio = 0.5
+        self._setup(OptionValues.defaults(self.add_options()))  # until configure delivers the options
 
     @hookimpl
     def add_options(self):
@@ -98,16 +98,12 @@ class DiffAugmentPlugin(Plugin):
         if bad or not parts:
             raise PluginError(f"--diffaug-policy {opts.policy!r} names unknown transform(s) {bad or '(none)'}; "
                               f"use a comma-separated subset of {', '.join(POLICIES)}.")
-        self.policy = parts
+        self._setup(opts)
+
+    def _setup(self, opts) -> None:
+        self.policy = [p.strip() for p in opts.policy.split(",") if p.strip()]
         self.translation_ratio = opts.translation_ratio
         self.cutout_ratio = opts.cutout_ratio
-
-    @hookimpl
-    def network_kwargs(self, role, kwargs, data_info):
-        if role == "D" and data_info.get("kind") != "image":
-            raise PluginError(f"Plugin 'diffaug' augments images, but the dataset {data_info.get('name', '')!r} "
-                              f"holds {data_info.get('kind')}, not images. For 2-D points use 'diffusion', whose noise is "
-                              f"domain-agnostic, or drop 'diffaug' from --plugins.")
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         for part in self.policy:

@@ -43,10 +43,18 @@ Unlike the official ``--aug ada``, which drives ADA's p with diffusion's own lev
 from ``--seed``, identical on every rank), the partial ``r_d`` accumulator and the step counter, so a
 resumed run continues with the same T and the same future ``t_epl`` lists.
 
-Defaults: ``sigma`` 0.05, ``beta`` 1e-4 -> 0.02 and ``target`` 0.6 (App. G); ``T_min`` 5 (App. G,
-Table 5); ``T_max`` 500 (App. G: "a good starting point"; 1000 is the 'priority' pixel config of
-Table 5 and is allowed); ``ts_dist`` priority (Table 6, CIFAR-10/STL-10/LSUN; official default);
-``ada_kimg`` 100 (official ``train.py`` default; the paper gives no number for C).
+Defaults: ``beta`` 1e-4 -> 0.02 and ``target`` 0.6 (App. G); ``T_min`` 5 (App. G, Table 5); ``T_max``
+automatic: 1000 with 'priority' and 500 with 'uniform' t-sampling, the two pixel configs of Table 5
+(the official default is priority with 1000); ``ts_dist`` priority (Table 6, CIFAR-10/STL-10/LSUN;
+official default); ``ada_kimg`` 100 (official ``train.py`` default; the paper gives no number for C).
+
+**sigma depends on the data's scale.** App. G: "the image pixels are usually rescaled to [-1, 1] so we set
+sigma = 0.05" (and 0.5 for features). On images the default (``--diffusion-sigma 0``, auto) is that 0.05.
+On point data it is ``SIGMA_PER_STD`` times the data's std (``info()['data_std']``), so a user's .npy or
+.csv at any spacing gets the same relative noise; on ``toy:gaussians25`` (std 2.83) 0.05 would be one
+mode's std, and T then never grows (r_d stays near 0). The factor 0.35 is the sigma of 1.0 that issue #11
+found to keep the most modes on toy:gaussians25 (std 2.83), expressed relative to the data's std; the
+README's Evidence section compares it with the image value 0.05 on that data.
 """
 from __future__ import annotations
 
@@ -56,10 +64,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ganstack.training.api import Option, Plugin, PluginError, SignController, hookimpl
+from ganstack.training.api import Option, OptionValues, Plugin, PluginError, SignController, hookimpl
 
 T_EPL_SIZE = 64  # Algorithm 1: t_epl has 64 entries ...
 T_EPL_ZEROS = 32  # ... of which 32 are zeros.
+T_MAX_FOR = {"priority": 1000, "uniform": 500}  # Table 5, pixel configs
+IMAGE_SIGMA = 0.05  # App. G, pixels in [-1, 1]
+SIGMA_PER_STD = 0.35  # point data: sigma = this x the data's std (see the module docstring)
 
 
 def linear_schedule(T: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -106,27 +117,37 @@ def q_sample(x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, sigma: float,
     return x * scale_x + noise * scale_n
 
 
+def resolve_sigma(sigma: float, data_info: dict) -> float:
+    """``--diffusion-sigma``, with 0 replaced by the data-scale-aware default (module docstring)."""
+    if sigma:
+        return float(sigma)
+    if data_info.get("kind") == "points" and data_info.get("data_std"):
+        return SIGMA_PER_STD * float(data_info["data_std"])
+    return IMAGE_SIGMA
+
+
 class DiffusionPlugin(Plugin):
     """Diffusion-GAN: adaptive forward-diffusion noise on D's inputs, D conditioned on t."""
 
     def __init__(self):
-        self._setup(dict(sigma=0.05, beta_start=1e-4, beta_end=0.02, t_min=5, t_max=500, target=0.6,
-                         adaptive=True, p=0.0, ada_kimg=100.0, interval=4, ts_dist="priority",
-                         t_embed="sincos", t_dim=16), seed=0)
+        defaults = OptionValues.defaults(self.add_options()).as_dict()
+        defaults["t_max"] = defaults["t_max"] or T_MAX_FOR[defaults["ts_dist"]]
+        self._setup(defaults, seed=0)  # until configure runs
 
     # -- options ------------------------------------------------------------------------------
     @hookimpl
     def add_options(self):
         return [
-            Option("sigma", float, 0.05, "noise scale sigma of y = sqrt(abar_t) x + sqrt(1-abar_t) sigma eps "
-                   "(paper App. G: 0.05 for images in [-1, 1])", min=0.0),
+            Option("sigma", float, 0.0, "noise scale sigma of y = sqrt(abar_t) x + sqrt(1-abar_t) sigma eps; 0 = auto: "
+                   f"0.05 for images in [-1, 1] (paper App. G), {SIGMA_PER_STD:g} x the data's std for point data",
+                   min=0.0),
             Option("beta_start", float, 1e-4, "first beta of the linear schedule (App. G, after Ho et al.)",
                    min=0.0, max=1.0),
             Option("beta_end", float, 0.02, "last beta of the linear schedule over T steps (App. G)",
                    min=0.0, max=1.0),
             Option("t_min", int, 5, "lower clip of the adaptive T (App. G/H, Table 5)", min=0, max=1000),
-            Option("t_max", int, 500, "upper clip of the adaptive T (App. G: 500 to start, 1000 for diverse "
-                   "data)", min=1, max=1000),
+            Option("t_max", int, 0, "upper clip of the adaptive T; 0 = auto: 1000 with priority t-sampling, 500 with "
+                   "uniform (Table 5 and the official default)", min=0, max=1000),
             Option("target", float, 0.6, "d_target: T grows while r_d = E[sign(D(y,t))] on reals exceeds it "
                    "(Eq. 5, App. G)", min=0.0, max=1.0),
             Option("adaptive", bool, True, "adapt T from r_d (Sec. 3.3); false keeps T at "
@@ -147,6 +168,8 @@ class DiffusionPlugin(Plugin):
     @hookimpl
     def configure(self, opts, cfg, stack):
         o = opts.as_dict()
+        if not o["t_max"]:
+            o["t_max"] = T_MAX_FOR[o["ts_dist"]]
         if o["t_min"] > o["t_max"]:
             raise PluginError(f"--diffusion-t-min {o['t_min']} is above --diffusion-t-max {o['t_max']}; "
                               f"T is clipped to [t_min, t_max], so choose t_min <= t_max (paper: 5 and 500 or 1000).")
@@ -160,6 +183,7 @@ class DiffusionPlugin(Plugin):
 
     def _setup(self, o: dict, seed: int) -> None:
         self.o = dict(o)
+        self.sigma = o["sigma"] or IMAGE_SIGMA  # until network_kwargs sees the data
         self.cond_dim = 1 if o["t_embed"] == "raw" else o["t_dim"]
         self.gen = torch.Generator().manual_seed(int(seed) + 0x5EED)
         self.ctl = SignController(target=o["target"], interval=o["interval"], speed_kimg=o["ada_kimg"],
@@ -188,12 +212,13 @@ class DiffusionPlugin(Plugin):
     def diffuse(self, img: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self._abar_dev is None or self._abar_dev.device != img.device:
             self._abar_dev = self.abar.to(device=img.device, dtype=torch.float32)
-        return q_sample(img, t, self._abar_dev, self.o["sigma"])
+        return q_sample(img, t, self._abar_dev, self.sigma)
 
     # -- hooks --------------------------------------------------------------------------------
     @hookimpl
-    def network_kwargs(self, role, kwargs):
+    def network_kwargs(self, role, kwargs, data_info):
         if role == "D":
+            self.sigma = resolve_sigma(self.o["sigma"], data_info)
             return dict(kwargs, c_dim=kwargs.get("c_dim", 0) + self.cond_dim)
 
     @hookimpl

@@ -34,18 +34,20 @@ import os
 import pickle
 import re
 import struct
-import sys
 import tarfile
 import zipfile
 
 import click
 import numpy as np
 
+from .cli_support import (SEED, DiskFullError, check_output_file, disk_full_message, int_range, is_disk_full,
+                          run_main)
 from .errors import DatasetError, GanstackError
+from .progress import progress as progress_counter
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif', '.tif', '.tiff')
 TRANSFORMS = ('none', 'center-crop', 'center-crop-wide')
-PROGRESS_EVERY = 1000
+MAX_RESOLUTION = 8192
 
 
 def _is_pow2(n):
@@ -133,7 +135,9 @@ class ImageFolderSource(Source):
                 raise DatasetError(f'Cannot read {path!r} as a zip archive ({e}).') from None
         else:
             names = []
-            for root, dirs, files in os.walk(path):
+            def unreadable(e):
+                raise DatasetError(f'Cannot list the folder {e.filename!r} ({e.strerror}); check its permissions.')
+            for root, dirs, files in os.walk(path, onerror=unreadable):
                 dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
                 for f in files:
                     names.append(os.path.relpath(os.path.join(root, f), path).replace(os.sep, '/'))
@@ -155,12 +159,16 @@ class ImageFolderSource(Source):
         self.description = f'{"zip" if self.is_zip else "folder"} {path}'
 
     def _read(self, fname):
-        if self.is_zip:
-            if self._zip is None:
-                self._zip = zipfile.ZipFile(self.path)
-            return self._zip.read(fname)
-        with open(os.path.join(self.path, fname), 'rb') as f:
-            return f.read()
+        try:
+            if self.is_zip:
+                if self._zip is None:
+                    self._zip = zipfile.ZipFile(self.path)
+                return self._zip.read(fname)
+            with open(os.path.join(self.path, fname), 'rb') as f:
+                return f.read()
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            raise DatasetError(f'Cannot read {fname!r} in {self.path!r} ({getattr(e, "strerror", None) or e}); '
+                               f'check its permissions, or remove or re-create it.') from None
 
     def __len__(self):
         return len(self.fnames)
@@ -473,14 +481,18 @@ def convert_dataset(source, dest, *, resolution=None, transform='none', max_imag
     """
     if transform not in TRANSFORMS:
         raise DatasetError(f'Unknown --transform {transform!r}; use one of: {", ".join(TRANSFORMS)}.')
-    if resolution is not None and (not _is_pow2(resolution) or resolution < 4):
-        raise DatasetError(f'--resolution must be a power of two >= 4 (such as 32, 64, 256), not {resolution}.')
+    if resolution is not None and (not _is_pow2(resolution) or not 4 <= resolution <= MAX_RESOLUTION):
+        raise DatasetError(f'--resolution must be a power of two from 4 to {MAX_RESOLUTION} (such as 32, 64, 256), '
+                           f'not {resolution}.')
     if max_images is not None and max_images < 1:
         raise DatasetError(f'--max-images must be a positive number, not {max_images}.')
     if channels is not None and int(channels) not in (1, 3):
         raise DatasetError(f'--channels must be 1 (grayscale) or 3 (RGB), not {channels}.')
     if not str(dest).lower().endswith('.zip'):
         raise DatasetError(f'--dest must be a .zip file path (such as out/data.zip), not {dest!r}.')
+    if stacked is not None and not 0 <= seed <= 2 ** 32 - 1:
+        raise DatasetError(f'--seed must be in 0..{2 ** 32 - 1}, not {seed}.')
+    check_output_file(dest, '--dest', suffix='.zip')  # a folder of that name, a file in the way, permissions
     if os.path.exists(dest) and os.path.abspath(dest) == os.path.abspath(source):
         raise DatasetError(f'--dest {dest!r} is the same file as --source; write to a new path.')
     if os.path.exists(dest) and not overwrite:
@@ -495,7 +507,8 @@ def convert_dataset(source, dest, *, resolution=None, transform='none', max_imag
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     tmp = f'{dest}.tmp-{os.getpid()}'
     try:
-        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as zf:
+        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as zf, \
+                progress_counter(total=total, desc='dataset convert', unit='img') as bar:
             for idx, (name, img, label) in enumerate(itertools.islice(src.items(), total)):
                 if img.ndim == 2:
                     img = img[:, :, None]
@@ -525,8 +538,8 @@ def convert_dataset(source, dest, *, resolution=None, transform='none', max_imag
                 zf.writestr(fname, _encode_png(np.ascontiguousarray(img)))
                 fnames.append(fname)
                 labels.append(label)
-                if progress and (idx + 1) % PROGRESS_EVERY == 0 and idx + 1 < total:
-                    click.echo(f'dataset convert: {idx + 1}/{total} images', err=True)
+                if progress:
+                    bar.update(1)
             has_labels = bool(labels) and all(lab is not None for lab in labels)
             meta = {'labels': [[f, lab] for f, lab in zip(fnames, labels)] if has_labels else None,
                     'source': src.description}
@@ -538,9 +551,11 @@ def convert_dataset(source, dest, *, resolution=None, transform='none', max_imag
                 meta[key] = [[f, v] for f, v in zip(fnames, values)]
             zf.writestr('dataset.json', json.dumps(meta))
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise DiskFullError(disk_full_message(dest, 'the dataset')) from None
         raise
 
     summary = dict(num_images=len(fnames), resolution=out_res, channels=out_channels, labels=has_labels,
@@ -572,9 +587,9 @@ def dataset():
               'MNIST defaults to 32 by padding.')
 @click.option('--transform', type=click.Choice(TRANSFORMS), default='none', show_default=True,
               help='How to make non-square images square.')
-@click.option('--max-images', type=int, metavar='N', help='Convert at most N images (the first N).')
-@click.option('--stacked', type=int, metavar='N', help='StackedMNIST: N RGB images of 3 random digits each.')
-@click.option('--seed', type=int, default=0, show_default=True, help='Seed for --stacked.')
+@click.option('--max-images', type=int_range(1), metavar='N', help='Convert at most N images (the first N).')
+@click.option('--stacked', type=int_range(1, 10_000_000), metavar='N', help='StackedMNIST: N RGB images of 3 random digits each.')
+@click.option('--seed', type=SEED, default=0, show_default=True, help='Seed for --stacked.')
 @click.option('--split', type=click.Choice(['train', 'test']),
               help='MNIST/CIFAR-10 split [default: train (MNIST: the only split present)].')
 @click.option('--channels', type=click.Choice(['1', '3']), help='Force grayscale (1) or RGB (3) output.')
@@ -588,17 +603,8 @@ def convert(source, dest, resolution, transform, max_images, stacked, seed, spli
 
 
 def main(argv=None):
-    """``python -m stylegan_base.dataset_tool convert ...`` with the CLI's error handling."""
-    try:
-        dataset.main(args=argv, standalone_mode=False)
-    except GanstackError as e:
-        click.echo(f'Error: {e}', err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        sys.exit(1)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+    """``python -m stylegan_base.dataset_tool convert ...`` with the CLI's error handling (one paragraph)."""
+    run_main(lambda: dataset.main(args=argv, standalone_mode=False))
 
 
 if __name__ == '__main__':

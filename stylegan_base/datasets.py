@@ -39,6 +39,7 @@ _FINGERPRINT_VERSION = b'ganstack-dataset-fingerprint-v1'
 # Folders whose images total less than this are fingerprinted by content, larger ones by
 # name, size and mtime (a copy then misses the metrics cache, which is only a recomputation).
 FOLDER_CONTENT_HASH_LIMIT = 1 << 30
+MAX_BUILTIN_ITEMS = 100_000_000  # n of toy:/shapes datasets (their index arrays are held in memory)
 
 _ACCEPTED_SPECS = (
     'a .zip of PNG/JPEG images or a folder of them (see `ganstack dataset convert`), '
@@ -273,7 +274,10 @@ class ImageFolderDataset(ImageDataset):
         if os.path.isdir(self.path):
             self._type = 'dir'
             all_fnames = []
-            for root, dirs, files in os.walk(self.path):
+            def unreadable(e):
+                raise DatasetError(f'Cannot list the folder {e.filename!r} of dataset {self.path!r} '
+                                   f'({e.strerror}); check its permissions.')
+            for root, dirs, files in os.walk(self.path, onerror=unreadable):
                 dirs[:] = [d for d in dirs if not d.startswith('.')]
                 for f in files:
                     rel = os.path.relpath(os.path.join(root, f), self.path)
@@ -389,8 +393,13 @@ class ImageFolderDataset(ImageDataset):
         pngs = [f for f in self._image_fnames if f.lower().endswith('.png')]
         if self._type == 'dir':
             for fname in pngs:
-                with self._open_file(fname) as f:
-                    yield fname, f.read(33)
+                try:
+                    with self._open_file(fname) as f:
+                        head = f.read(33)
+                except OSError as e:
+                    raise DatasetError(f'Cannot read {fname!r} in {self.path!r} ({e.strerror}); check the '
+                                       f'file\'s permissions, or remove it.') from None
+                yield fname, head
             return
         zf = self._get_zipfile()
         with open(self.path, 'rb') as raw:
@@ -671,6 +680,10 @@ class PointDataset(Dataset):
     def info(self):
         d = super().info()
         d['point_dim'] = self.point_dim
+        # The data's scale (std over every coordinate of the items used), for options that depend on it.
+        if getattr(self, '_data_std', None) is None:
+            self._data_std = float(np.asarray(self.points, dtype=np.float64).std())
+        d['data_std'] = self._data_std
         d['normalize'] = None if self._normalize is None else dict(
             method=self._normalize, mean=self.norm_mean.tolist(), std=self.norm_std.tolist())
         return d
@@ -737,6 +750,13 @@ class PointFileDataset(PointDataset):
             row, col = (int(v) for v in np.argwhere(bad)[0])
             raise DatasetError(f'Point file {self.path!r} has {int(bad.sum())} NaN or infinite value(s), '
                                f'the first at row {row}, column {col}; every value must be a finite number.')
+        # Training uses float32: a finite float64 beyond its range would become inf there.
+        big = np.abs(points) > np.finfo(np.float32).max
+        if big.any():
+            row, col = (int(v) for v in np.argwhere(big)[0])
+            raise DatasetError(f'Point file {self.path!r} has {int(big.sum())} value(s) too large for float32 '
+                               f'(|x| > 3.4e38), the first {points[row, col]:g} at row {row}, column {col}. Rescale '
+                               f'the data (or use normalize="standardize" after rescaling).')
         super().__init__(points, name=os.path.splitext(os.path.basename(self.path))[0],
                          spec=spec or self.path, **kwargs)
 
@@ -756,6 +776,9 @@ def _load_npy(path):
     if not isinstance(arr, np.ndarray) or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise DatasetError(f'{path!r} holds {getattr(arr, "dtype", type(arr))} data; points must be a '
                            f'numeric [N, D] array.')
+    if arr.dtype.kind == 'c':
+        raise DatasetError(f'{path!r} holds complex numbers ({arr.dtype}); points must be real. Save the real and '
+                           f'imaginary parts as separate columns, e.g. numpy.stack([x.real, x.imag], 1).')
     return arr.astype(np.float64) if arr.dtype.kind != 'f' else arr
 
 
@@ -896,8 +919,9 @@ def open_dataset(spec, mirror=False, max_size=None, normalize=None, seed=0, use_
                 listing = '; '.join(f'toy:{k} ({v[2]})' for k, v in sorted(toy.TOY_MIXTURES.items()))
                 raise DatasetError(f'Unknown toy dataset {base!r}. Available: {listing}.')
             opts = _parse_options(spec, query, dict(n=int, seed=int, std=float, labels=bool), options)
-            if opts.get('n', 1) < 1 or opts.get('std', 1.0) <= 0:
-                raise DatasetError(f'In {spec!r}: n must be >= 1 and std > 0.')
+            if not 1 <= opts.get('n', 1) <= MAX_BUILTIN_ITEMS or not (0 < opts.get('std', 1.0) < float('inf')):
+                raise DatasetError(f'In {spec!r}: n must be from 1 to {MAX_BUILTIN_ITEMS:,} and std a finite '
+                                   f'number > 0.')
             return ToyMixtureDataset(name, spec=spec, normalize=normalize, **opts, **view)
         m = _SHAPES_RE.match(base)
         if m:
@@ -906,8 +930,8 @@ def open_dataset(spec, mirror=False, max_size=None, normalize=None, seed=0, use_
                 raise DatasetError(f'{base!r}: the shapes resolution must be a power of two from 8 to 256 '
                                    f'(shapes8, shapes16, shapes32, shapes64, shapes128, shapes256).')
             opts = _parse_options(spec, query, dict(n=int, seed=int, labels=bool), options)
-            if opts.get('n', 1) < 1:
-                raise DatasetError(f'In {spec!r}: n must be >= 1.')
+            if not 1 <= opts.get('n', 1) <= MAX_BUILTIN_ITEMS:
+                raise DatasetError(f'In {spec!r}: n must be from 1 to {MAX_BUILTIN_ITEMS:,}.')
             _no_normalize(spec, normalize)
             return ShapesDataset(resolution, spec=spec, **opts, **view)
         raise DatasetError(f'Dataset {spec!r} not found: no such file or folder. Pass {_ACCEPTED_SPECS}.')

@@ -73,12 +73,12 @@ class MappingNetwork(torch.nn.Module):
 
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: Optional[int], num_layers: int = 8,
                  embed_features: Optional[int] = None, layer_features: Optional[int] = None,
-                 activation: str = 'lrelu', lr_multiplier: float = 0.01, w_avg_beta: Optional[float] = 0.998):
+                 activation: str = 'lrelu', lr_multiplier: float = 0.01, w_avg_beta: Optional[float] = 0.995):
         super().__init__()
         if z_dim < 0 or c_dim < 0 or (z_dim == 0 and c_dim == 0):
             raise BackboneConfigError(f'MappingNetwork needs z_dim > 0 or c_dim > 0, got z_dim={z_dim}, c_dim={c_dim}.')
-        if num_layers < 1:
-            raise ValueError(f'num_layers must be >= 1, got {num_layers}')
+        if num_layers < 0:
+            raise ValueError(f'num_layers must be >= 0, got {num_layers}')
         self.z_dim = z_dim
         self.c_dim = c_dim
         self.w_dim = w_dim
@@ -93,6 +93,8 @@ class MappingNetwork(torch.nn.Module):
         if layer_features is None:
             layer_features = w_dim
         features = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
+        if num_layers == 0 and features[0] != w_dim:  # official: no layers = the normalised input itself
+            raise ValueError(f'num_layers=0 needs z_dim + embed_features == w_dim, got {features[0]} != {w_dim}')
 
         if c_dim > 0:
             self.embed = FullyConnectedLayer(c_dim, embed_features)
@@ -471,9 +473,8 @@ class DiscriminatorEpilogue(torch.nn.Module):
         self.architecture = architecture
         self.feature_dim = in_channels
 
-        if architecture == 'skip' or is_first:
-            self.fromrgb = Conv2dLayer(img_channels, in_channels, kernel_size=1, activation=activation,
-                                       conv_clamp=conv_clamp)
+        if architecture == 'skip' or is_first:  # no conv_clamp here, as in the official epilogue
+            self.fromrgb = Conv2dLayer(img_channels, in_channels, kernel_size=1, activation=activation)
         self.mbstd = (MinibatchStdLayer(group_size=mbstd_group_size, num_channels=mbstd_num_channels)
                       if mbstd_num_channels > 0 else None)
         self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, kernel_size=3, activation=activation,

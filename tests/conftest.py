@@ -27,7 +27,7 @@ def make_config(**kw) -> TrainConfig:
     kw.pop("image", None)
     base.update(kw)
     cfg = TrainConfig(**{k: v for k, v in base.items()})
-    cfg._user_set = set(kw)
+    cfg.mark_user_set(set(kw))
     return cfg
 
 

@@ -20,6 +20,20 @@ class StatRecorder:
         self.seen.append(stats["Loss/signs/real"])
 
 
+def assert_ranks_agree(stdout: str) -> None:
+    """Checks the RESULT line that rank 0 prints (tests/test_distributed.py, tests/test_slurm.py)."""
+    line = [l for l in stdout.splitlines() if l.startswith("RESULT ")][0]
+    res = json.loads(line[len("RESULT "):])
+    assert [x["rank"] for x in res] == [0, 1]
+    # Gradients are averaged over ranks, so both hold the same weights.
+    assert res[0]["checksum"] == res[1]["checksum"]
+    # Statistics are all-reduced before after_step, so plugin decisions agree.
+    assert res[0]["seen"] == res[1]["seen"] and len(res[0]["seen"]) == 4
+    assert res[0]["nimg"] == res[1]["nimg"] == 4 * 32
+    # Each rank reads its own slice of the data stream.
+    assert res[0]["first_real"] != res[1]["first_real"]
+
+
 def main():
     distributed.init_from_env("cpu")
     tr = make_trainer(["rec"], extra_plugins={"rec": StatRecorder}, batch=32)

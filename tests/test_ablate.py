@@ -67,7 +67,7 @@ def test_two_stacks_two_seeds_write_table_and_plots_and_rerun_skips(tmp_path, wi
         ("none", "0", "done"), ("none", "1", "done"),
         ("jitter [jitter.std=0.1]", "0", "done"), ("jitter [jitter.std=0.1]", "1", "done")]
     assert all(float(r["kimg"]) == pytest.approx(0.256) for r in rows)
-    for key in ("toy/modes", "toy/hq_share", "toy/kl_modes", "toy/nfe"):
+    for key in ("toy/modes_covered", "toy/hq_share", "toy/kl_modes", "toy/nfe"):
         assert all(r[key] != "" for r in rows), key
     assert {r["toy/nfe"] for r in rows} == {"1"}
     # The jitter cells really ran with their option (the checkpoint records it).
@@ -76,8 +76,8 @@ def test_two_stacks_two_seeds_write_table_and_plots_and_rerun_skips(tmp_path, wi
 
     md = open(res["md"]).read()
     assert "| none | 2/2 |" in md and "| jitter [jitter.std=0.1] | 2/2 |" in md
-    assert "toy/modes ↑" in md and "toy/kl_modes ↓" in md and "**" in md
-    for png in (res["curves"], res["samples"]):
+    assert "toy/modes_covered ↑" in md and "toy/kl_modes ↓" in md and "toy/modes_loose (loose" in md
+    for png in (res["curves"], res["samples"], res["panels"], res["signals"]):
         assert os.path.getsize(png) > 10_000
 
     # Second invocation: nothing is trained again, the reports are rewritten from the cells.
@@ -118,7 +118,7 @@ def test_interrupted_cell_resumes_from_its_checkpoint_exactly(tmp_path):
     # The metric history spans both run folders of the resumed cell.
     hist = ab.cell_history(cell.dir)["toy"]
     assert min(hist) < 0.128 < max(hist) == pytest.approx(0.256)
-    assert _rows(resumed["csv"])[0]["toy/modes"] == _rows(straight["csv"])[0]["toy/modes"]
+    assert _rows(resumed["csv"])[0]["toy/modes_covered"] == _rows(straight["csv"])[0]["toy/modes_covered"]
 
 
 def test_cell_killed_between_final_checkpoint_and_its_metrics_gets_them_on_rerun(tmp_path):
@@ -137,7 +137,7 @@ def test_cell_killed_between_final_checkpoint_and_its_metrics_gets_them_on_rerun
 
     again = ab.ablate(out, ["none"], [0], dict(settings), log=_quiet)
     assert ab.final_values(cell.dir)[0] == final_kimg  # measured at the budget, not at an earlier snapshot
-    assert _rows(again["csv"])[-1]["toy/modes"] == _rows(first["csv"])[-1]["toy/modes"]
+    assert _rows(again["csv"])[-1]["toy/modes_covered"] == _rows(first["csv"])[-1]["toy/modes_covered"]
 
 
 def test_stack_parsing_options_and_sweep(with_jitter):
@@ -166,11 +166,22 @@ def test_markdown_marks_the_best_mean_per_column(tmp_path):
     rows = []
     for label, modes, kl in (("none", [20, 22], [0.5, 0.7]), ("x", [25, 25], [0.1, 0.3]), ("y", [24, 23], [0.05, 0.05])):
         for seed, (m, k) in enumerate(zip(modes, kl)):
-            rows.append(dict(stack=label, seed=seed, status="done", values={"toy/modes": m, "toy/kl_modes": k,
+            rows.append(dict(stack=label, seed=seed, status="done", values={"toy/modes_covered": m, "toy/kl_modes": k,
                                                                              "toy/nfe": 1.0, "toy/sec": 3.0}))
-    text = ab.write_markdown(rows, ["toy/modes", "toy/kl_modes", "toy/nfe"], stacks, str(tmp_path / "r.md"), "t", [])
+    text = ab.write_markdown(rows, ["toy/modes_covered", "toy/kl_modes", "toy/nfe"], stacks, str(tmp_path / "r.md"), "t", [])
     lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
     assert "**25 ± 0**" in lines["x"] and "21 ± 1.41" in lines["none"] and "0.2 ± 0.141" in lines["x"]
     assert "**0.05 ± 0**" in lines["y"] and "**" not in lines["none"]
     assert "toy/nfe |" in lines["stack"] and "toy/sec" not in text
     assert lines["x"].endswith("| 1 |")  # nfe: no spread shown
+
+
+def test_a_winner_is_marked_only_beyond_the_spread_over_seeds():
+    from ganstack.training.ablate_report import clear_winner
+
+    assert clear_winner({"a": (25, 0.5, 3), "b": (23, 1.0, 3)}, +1) == "a"  # 2 > 0.5 + 1
+    assert clear_winner({"a": (25, 1.5, 3), "b": (23, 1.0, 3)}, +1) is None  # within the spread
+    assert clear_winner({"a": (0.1, 0.01, 3), "b": (0.3, 0.05, 3), "c": (0.12, 0.02, 3)}, -1) is None
+    assert clear_winner({"a": (0.1, 0.01, 3), "b": (0.3, 0.05, 3), "c": (0.2, 0.02, 3)}, -1) == "a"
+    assert clear_winner({"a": (25, float("nan"), 1), "b": (3, float("nan"), 1)}, +1) is None  # one seed
+    assert clear_winner({"a": (25, 0, 3), "b": (3, 0, 3)}, 0) is None  # a count with no direction

@@ -30,7 +30,7 @@ def _ada(**opts):
 def test_p0_passes_the_batch_through_unchanged():
     stack, _ = _ada(p=0.0)
     x = DInput(img=torch.randn(4, 3, 16, 16), c=torch.zeros(4, 0))
-    assert stack.chain("augment_d_input", "x", x, ctx=None, is_real=True).img is x.img
+    assert stack.hooks.augment_d_input(x, ctx=None, is_real=True).img is x.img
     pipe = AugmentPipe(**pipe_multipliers("bgcfnc"))
     assert pipe(x.img, 0.0) is x.img
 
@@ -172,7 +172,7 @@ def test_p_adapts_from_the_real_sign_statistic():
 
 
 def test_refuses_point_data():
-    with pytest.raises(PluginError, match="augments images.*use 'diffusion'"):
+    with pytest.raises(PluginError, match="image data only.*use 'diffusion'"):
         make_trainer(["ada"])
 
 

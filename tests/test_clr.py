@@ -96,7 +96,8 @@ def test_head_follows_latent_width_and_lives_in_D():
 
 
 def test_w_target_needs_a_mapping_network():
-    with pytest.raises(PluginError, match="MLP toy generator has no W space"):
+    with pytest.raises(PluginError, match=r"requires 'w_space' \(--clr-target w\).*generator is the core's MLP toy "
+                                          r"backbone"):
         make_trainer(["clr"], {"clr": {"target": "w"}})
 
 
@@ -109,7 +110,8 @@ def test_options_and_refused_stacks():
     with pytest.raises(PluginError, match="out of range"):
         PluginStack(["clr"], {"clr": {"lambda1": -1}})
     for other in ("ddgan", "cmgan"):
-        with pytest.raises(PluginError, match=f"clr cannot stack with {other}"):
+        with pytest.raises(PluginError, match=f"clr cannot run in this stack: it requires 'one_latent_per_sample'"
+                                              f".*generator is replaced by {other}"):
             make_trainer(["clr", other])
     assert CLRPlugin.__doc__.splitlines()[0].startswith("CLR-GAN")
 

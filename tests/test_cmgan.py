@@ -177,7 +177,8 @@ def test_g_loss_is_lambda_times_the_cd_distance_and_flows_into_theta_only():
     tr.G.requires_grad_(True)
     ctx = _phase(tr)
     fakes = ctx.sample()
-    s = ctx.scratch["cmgan"]
+    s = fakes.info["cmgan"]
+    assert fakes.from_reals and torch.equal(fakes.c, ctx.reals.c)  # training pairs keep their reals' labels
     assert fakes.img is s["out"]  # cmgan mode: D sees the very output the CD term constrains
     k = s["k"]
     grid = plugin.grid.float()
@@ -186,8 +187,19 @@ def test_g_loss_is_lambda_times_the_cd_distance_and_flows_into_theta_only():
     terms = plugin.g_loss(ctx, fakes)
     x_lo = ode_step(plugin.teacher.denoise, s["x_hi"], grid[k + 1], grid[k], solver="heun")
     direct = (tr.G(s["x_hi"], grid[k + 1]) - plugin.target(x_lo, grid[k])).square().sum(1)  # default cd_norm sum
-    lam = torch.exp(0.025 * (grid[k].double() - 80.0) * (1 - 0.99995 ** 20000)).float()
+    # Eq. 6 with t in units of sigma_max / 80: the toy's grid is scaled to its data (std / 0.5).
+    unit = float(grid[-1]) / 80.0
+    assert unit == pytest.approx(tr.dataset.info()["data_std"] / 0.5) and float(grid[0]) == pytest.approx(0.002 * unit)
+    lam = torch.exp(0.025 * (grid[k].double() / unit - 80.0) * (1 - 0.99995 ** 20000)).float()
     torch.testing.assert_close(terms["cd"], lam * direct, rtol=1e-5, atol=1e-7)
+    # With sigma_max given as 80 the weighting is Eq. 6 as printed.
+    fixed = make_trainer(["cmgan"], {"cmgan": {"teacher": "analytic", "sigma_max": 80.0, "sigma_min": 0.002}})
+    fp = fixed.stack.plugins["cmgan"]
+    fp.iteration = 20000
+    g = fp.grid
+    assert float(g[-1]) == 80.0 and float(g[0]) == 0.002
+    torch.testing.assert_close(fp._weighting(g[3], 0.025),
+                               torch.exp(0.025 * (g[3] - 80.0) * (1 - 0.99995 ** 20000)), rtol=1e-12, atol=0)
     terms["cd"].mean().backward()
     assert all(p.grad is not None for p in tr.G.parameters() if p.numel())
     assert all(p.grad is None for p in plugin.target.parameters())
@@ -201,12 +213,11 @@ def test_modes_cd_and_gan():
     torch.manual_seed(3)
     tr.loss.accumulate_gradients(ctx)
     full = [p.grad.clone() for p in tr.G.parameters()]
-    assert ctx.scratch["cmgan"]["out"].requires_grad
     tr.G.zero_grad(set_to_none=True)
     torch.manual_seed(3)
     ctx2 = PhaseContext(tr.loss, "Gmain", 0, 0, ctx.reals, ctx.z, ctx.c)
     fakes = ctx2.sample()
-    assert not fakes.img.requires_grad
+    assert not fakes.img.requires_grad and fakes.info["cmgan"]["out"].requires_grad
     tr.stack.plugins["cmgan"].g_loss(ctx2, fakes)["cd"].mean().backward()
     for a, p in zip(full, tr.G.parameters()):
         torch.testing.assert_close(a, p.grad)
@@ -215,18 +226,18 @@ def test_modes_cd_and_gan():
     plugin.iteration = 50000
     torch.manual_seed(4)
     ctx3 = PhaseContext(tr.loss, "Gmain", 0, 0, ctx.reals, ctx.z, ctx.c)
-    ctx3.sample()
-    s = ctx3.scratch["cmgan"]
+    fakes3 = ctx3.sample()
+    s = fakes3.info["cmgan"]
     grid = plugin.grid.float()
     direct = cd_distance(s["out"], plugin.target, plugin.teacher.denoise, s["x_hi"], grid[s["k"] + 1], grid[s["k"]])
-    torch.testing.assert_close(plugin.g_loss(ctx3, None)["cd"], direct)
+    torch.testing.assert_close(plugin.g_loss(ctx3, fakes3)["cd"], direct)
     # gan: fakes come from eps alone (Appendix A): f(T eps, T), whatever the reals; no teacher, no CD term.
     tr = make_trainer(["cmgan"], {"cmgan": {"mode": "gan", **SMALL}})
     plugin = tr.stack.plugins["cmgan"]
     assert plugin.teacher is None
     ctx = _phase(tr)
     fakes = ctx.sample()
-    torch.testing.assert_close(fakes.img, tr.G(80.0 * ctx.z, 80.0))
+    torch.testing.assert_close(fakes.img, tr.G(plugin.sigma_max * ctx.z, plugin.sigma_max))
     assert plugin.g_loss(ctx, fakes) is None
     stats = tr.step()
     assert "Loss/cmgan/cd" not in stats and "Loss/G/loss" in stats
@@ -278,11 +289,12 @@ def test_sampler_one_step_and_multistep():
     _randomize(tr.G_ema.net)
     z = torch.randn(16, 2)
     torch.manual_seed(0)
-    two = tr.stack.first("sampler", G=tr.G_ema, z=z, c=torch.zeros(16, 0), ctx=None, G_kwargs={})
+    two = tr.stack.hooks.sampler(G=tr.G_ema, z=z, c=torch.zeros(16, 0), ctx=None, G_kwargs={})
     torch.manual_seed(0)
     x = tr.G_ema.generate(z)
-    tau = float(karras_grid(18, 0.002, 80.0).flip(0)[9])
-    want = tr.G_ema(x + math.sqrt(tau ** 2 - 0.002 ** 2) * torch.randn_like(x), tau)
+    smin, smax = tr.G_ema.sigma_min, tr.G_ema.sigma_max
+    tau = float(karras_grid(18, smin, smax).flip(0)[9])
+    want = tr.G_ema(x + math.sqrt(tau ** 2 - smin ** 2) * torch.randn_like(x), tau)
     torch.testing.assert_close(two.img, want)
     one = multistep_sample(tr.G_ema, z, None, [0], 18)
     torch.testing.assert_close(one, tr.G_ema.generate(z))
@@ -339,7 +351,7 @@ def test_errors_say_what_to_do(tmp_path):
         make_trainer(["cmgan"], ANALYTIC, pl_weight=2.0)
     with pytest.raises(PluginError, match="sigma-min"):
         make_trainer(["cmgan"], {"cmgan": {"teacher": "analytic", "sigma_min": 100.0}})
-    with pytest.raises(PluginError, match="cannot stack with clr|clr cannot stack with cmgan"):
+    with pytest.raises(PluginError, match="clr cannot run in this stack.*one_latent_per_sample.*replaced by cmgan"):
         make_trainer(["cmgan", "clr"], ANALYTIC)
     _export_teacher(tmp_path / "t.pt", model_channels=16)
     with pytest.raises(PluginError, match=r"--cmgan-channels 16 --cmgan-channel-mult 1,2 --cmgan-blocks 1.*random"):

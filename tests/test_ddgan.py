@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import ganstack.plugins.ddgan as ddgan_mod
 from conftest import make_config, make_trainer, state_equal
 from ganstack.plugins.ddgan import DDGANPlugin, ema_kimg_for_decay, sample_chain
 from ganstack.plugins.ddgan.networks import (DDGANImageDiscriminator, DDGANImageGenerator, DDGANPointDiscriminator,
@@ -16,7 +15,7 @@ from ganstack.plugins.ddgan.networks import (DDGANImageDiscriminator, DDGANImage
 from ganstack.plugins.ddgan.schedule import VPSchedule, timestep_embedding
 from ganstack.training import checkpoint as ckpt_io
 from ganstack.stylegan_base.datasets import open_dataset
-from ganstack.training.api import DInput, PluginError, hookimpl
+from ganstack.training.api import Capabilities, DInput, PluginError, hookimpl
 from ganstack.training.config import resolve
 from ganstack.training.loss import PhaseContext
 from ganstack.training.plugin_manager import PluginStack
@@ -241,14 +240,15 @@ def test_reals_become_pairs_and_fakes_share_x_t():
     x0, ctx = _phase(tr, "Dmain")
     real = ctx.reals
     t, x_t = real.extra["t"], real.extra["x_t"]
-    assert t.min() >= 1 and t.max() <= 4 and ctx.scratch["ddgan"]["x_t"] is x_t
+    assert t.min() >= 1 and t.max() <= 4
     s = tr.stack.plugins["ddgan"].schedule
     torch.testing.assert_close(real.img[t == 1], x0[t == 1])  # x_0 is the t-1 = 0 element
     fakes = ctx.sample()
     assert fakes.extra["x_t"] is x_t and fakes.extra["t"] is t  # the fake branch denoises the same x_t
+    assert fakes.from_reals and fakes.c is real.c  # ... and keeps each real's label
     # The fake x_{t-1} is the posterior sample around G's x_0 prediction: exact at t = 1.
     with torch.no_grad():
-        x0_pred = tr.G(x_t, ctx.z, t, ctx.c)
+        x0_pred = tr.G(x_t, ctx.z, t, real.c)
     torch.testing.assert_close(fakes.img[t == 1], x0_pred[t == 1])
     mean, var = s.posterior_mean_var(x0_pred, x_t, t)
     resid = (fakes.img - mean)[t > 1] / var[t > 1].sqrt()
@@ -359,10 +359,11 @@ def test_conflicts_are_refused_with_reasons(monkeypatch):
     with pytest.raises(PluginError, match=r"both replace the sampler"):
         PluginStack(["ddgan", "other"], extra_plugins={"other": OtherSampler})
     for name in ("ada", "diffaug", "diffusion"):
-        with pytest.raises(PluginError, match=rf"ddgan and {name} cannot be combined: .*x_{{t-1}}"):
-            make_trainer(["ddgan", name])
-    with pytest.raises(PluginError, match=r"ddgan and smart cannot be combined"):
-        make_trainer(["ddgan", "smart"])
+        with pytest.raises(PluginError, match=rf"{name} cannot run in this stack: it augments what D sees.*ddgan "
+                                              rf"makes D judge 'pair' inputs: pairs \(x_{{t-1}}, x_t\)"):
+            make_trainer(["ddgan", name], image=True)
+    with pytest.raises(PluginError, match=r"smart cannot run in this stack: it requires 'sample_fakes'"):
+        make_trainer(["ddgan", "smart"], {"smart": {"score": "analytic"}})
 
     class Jitter:
         @hookimpl
@@ -370,11 +371,11 @@ def test_conflicts_are_refused_with_reasons(monkeypatch):
             return x.replace(img=x.img + 0.01)
 
     class PairJitter(Jitter):
-        augments_ddgan_pairs = True
+        capabilities = Capabilities(augments="plain, pair")  # declares that it transforms x_t alike
 
     registry = {"jitter": Jitter, "pairjitter": PairJitter}
-    monkeypatch.setattr(ddgan_mod, "_plugin_class", registry.get)
-    with pytest.raises(PluginError, match=r"jitter augments what D sees.*augments_ddgan_pairs"):
+    with pytest.raises(PluginError, match=r"jitter cannot run in this stack: it augments what D sees.*"
+                                          r"Capabilities\(augments=...\) with 'pair'"):
         make_trainer(["ddgan", "jitter"], extra_plugins=registry)
     make_trainer(["ddgan", "pairjitter"], extra_plugins=registry).step()
 
@@ -382,10 +383,10 @@ def test_conflicts_are_refused_with_reasons(monkeypatch):
 def test_cli_refusal_is_a_clean_error(tmp_path, capsys):
     from ganstack.training.cli import main
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--plugins", "ddgan,diffaug", "--dry-run", "--outdir", str(tmp_path)])
+        main(["train", "--plugins", "ddgan,diffaug", "--data", "shapes16?n=32", "--dry-run", "--outdir", str(tmp_path)])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
-    assert "ddgan and diffaug cannot be combined" in err
+    assert "diffaug cannot run in this stack" in err and "'pair' inputs" in err
 
 
 def test_checkpoint_schedule_mismatch_is_an_error():

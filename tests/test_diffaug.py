@@ -80,7 +80,7 @@ def test_reals_and_fakes_are_augmented_in_the_loop():
     stack.configure(make_config(image=True))
     x = DInput(img=torch.randn(4, 3, 16, 16), c=torch.zeros(4, 0))
     for is_real in (True, False):
-        y = stack.chain("augment_d_input", "x", x, ctx=None, is_real=is_real)
+        y = stack.hooks.augment_d_input(x, ctx=None, is_real=is_real)
         assert y.img.shape == x.img.shape and not torch.equal(y.img, x.img)
     # In the loop's Dmain phase, both the fakes and the reals pass through diffaug (then the spy).
     tr = make_trainer(["diffaug", "spy"], extra_plugins={"spy": Spy}, image=True)
@@ -93,6 +93,6 @@ def test_reals_and_fakes_are_augmented_in_the_loop():
 
 def test_options_are_checked():
     with pytest.raises(PluginError, match="unknown transform"):
-        PluginStack(["diffaug"], {"diffaug": {"policy": "color,flip"}}).configure(make_config())
-    with pytest.raises(PluginError, match="augments images.*use 'diffusion'"):
+        PluginStack(["diffaug"], {"diffaug": {"policy": "color,flip"}}).configure(make_config(image=True))
+    with pytest.raises(PluginError, match="image data only.*use 'diffusion'"):
         make_trainer(["diffaug"])

@@ -122,7 +122,21 @@ def test_T_moves_up_when_D_overfits_and_down_otherwise():
     fixed = _plugin(adaptive=False, p=0.5)
     for _ in range(8):
         fixed.after_step(state=state, stats={"Loss/signs/real": 1.0})
-    assert fixed.T == 5 + round(0.5 * 495)
+    assert fixed.T == 5 + round(0.5 * 995)  # T_max 1000: the default pairs with priority t-sampling
+
+
+def test_t_max_and_sigma_defaults_follow_table5_and_the_data_scale():
+    from ganstack.plugins.diffusion import IMAGE_SIGMA, SIGMA_PER_STD, resolve_sigma
+    from ganstack.stylegan_base.datasets import open_dataset
+
+    assert _plugin().o["t_max"] == 1000 and _plugin(ts_dist="uniform").o["t_max"] == 500  # Table 5
+    assert _plugin(ts_dist="uniform", t_max=800).o["t_max"] == 800
+    assert resolve_sigma(0.0, {"kind": "image"}) == IMAGE_SIGMA == 0.05  # App. G, pixels in [-1, 1]
+    assert resolve_sigma(0.2, {"kind": "points", "data_std": 3.0}) == 0.2  # the user's value wins
+    # Point data: sigma scales with the data, so a .npy at another spacing gets the same relative noise.
+    toy = open_dataset("toy:gaussians25?n=4096").info()
+    assert resolve_sigma(0.0, toy) == pytest.approx(SIGMA_PER_STD * 2.83, rel=0.01)
+    assert resolve_sigma(0.0, dict(toy, data_std=100 * toy["data_std"])) == pytest.approx(100 * resolve_sigma(0.0, toy))
 
 
 def test_options_are_checked():
@@ -175,7 +189,7 @@ def test_conditional_image_D_gets_labels_then_t():
     assert label_dim > 0 and nets.D.c_dim == label_dim + 1 and nets.G.c_dim == label_dim
     labels = torch.eye(label_dim)[torch.arange(4) % label_dim]
     x = DInput(img=torch.randn(4, 3, 16, 16), c=labels)
-    y = stack.chain("augment_d_input", "x", x, ctx=None, is_real=True)
+    y = stack.hooks.augment_d_input(x, ctx=None, is_real=True)
     assert torch.equal(y.c[:, :label_dim], labels)
     assert set(y.c[:, label_dim].tolist()) <= set(map(float, stack.plugins["diffusion"].t_epl))
     logits = nets.D(y.img, y.c)
@@ -201,7 +215,7 @@ def test_augment_order_follows_plugins():
             return inner
         ada.pipe = wrap("ada", ada.pipe)
         diff.diffuse = wrap("diffusion", diff.diffuse)
-        out = stack.chain("augment_d_input", "x", x, ctx=None, is_real=True)
+        out = stack.hooks.augment_d_input(x, ctx=None, is_real=True)
         names = [n for n, _ in calls]
         assert names == [order[0], order[0] + ":out", order[1], order[1] + ":out"]
         assert calls[0][1] is x.img and calls[2][1] is calls[1][1] and out.img is calls[3][1]
@@ -249,5 +263,34 @@ def test_status_line_reports_T_and_r_d():
     assert report["diffusion/T"] == tr.stack.plugins["diffusion"].T
     assert report["diffusion/r_d"] == pytest.approx(tr.stack.plugins["diffusion"].r_d)
     assert -1 <= report["diffusion/r_d"] <= 1 and "Loss/signs/real" in stats
-    line = tr.format_status(tr.status_fields(1.0, 64, 0.0, 1.0), report)
+    from ganstack.training.run import format_status, tick_fields
+    line = format_status(tick_fields(tr.cur_tick, tr.cur_nimg, 1.0, 64, 0.0, 1.0, tr.device), report)
     assert f"diffusion/T {report['diffusion/T']}" in line and "diffusion/r_d " in line
+
+
+def test_scale_aware_defaults_reach_training_on_a_users_point_file(tmp_path):
+    """A user's .npy at another spacing (the 25 Gaussians x 100): diffusion's sigma, SMaRt's t range and
+    CM-GAN's noise grid follow the data, so the same shape trains the same way at any scale."""
+    import numpy as np
+
+    from conftest import make_trainer
+    from ganstack.plugins.diffusion import SIGMA_PER_STD
+    from ganstack.stylegan_base.datasets import open_dataset
+
+    pts = open_dataset("toy:gaussians25?n=2048").points.astype(np.float64)
+    for scale in (1.0, 100.0):
+        path = tmp_path / f"points{scale:g}.npy"
+        np.save(path, pts * scale)
+        tr = make_trainer(["diffusion", "smart"], {"smart": {"score": "empirical"}}, data=str(path))
+        std = tr.dataset.info()["data_std"]
+        assert std == pytest.approx(pts.std() * scale)
+        assert tr.stack.plugins["diffusion"].sigma == pytest.approx(SIGMA_PER_STD * std)
+        smart = tr.stack.plugins["smart"]
+        lo, hi = smart.t_range
+        ratio = float(smart.schedule.edm_sigmas[lo]) / std
+        if scale == 1.0:
+            first = ratio
+        else:
+            assert lo > 40 and ratio == pytest.approx(first, rel=0.05)
+        cm = make_trainer(["cmgan"], {"cmgan": {"teacher": "empirical"}}, data=str(path)).stack.plugins["cmgan"]
+        assert cm.sigma_max == pytest.approx(80.0 * std / 0.5) and cm.sigma_min == pytest.approx(0.002 * std / 0.5)

@@ -5,7 +5,9 @@ enforces that (as Datasette does for its plugin hooks).
 """
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 
 import pytest
@@ -15,16 +17,24 @@ from conftest import make_trainer, state_equal
 from ganstack.training import hookspecs
 from ganstack.training.api import DInput, LazyRegularizer, Option, PluginError, hookimpl
 from ganstack.training.loss import PhaseContext
-from ganstack.training.plugin_manager import PluginStack, hook_names
+from ganstack.training.plugin_manager import PluginStack, hook_kind, hook_names
 
 
 def test_every_hook_is_documented_and_tested():
     names = hook_names()
-    assert len(names) >= 15
+    assert len(names) >= 18
     for name in names:
-        doc = getattr(hookspecs, name).__doc__ or ""
+        spec = getattr(hookspecs, name)
+        doc = spec.__doc__ or ""
         assert len(doc.strip()) > 60, f"hookspec {name} needs a docstring saying when it is called and what it returns"
         assert f"test_hook_{name}" in globals(), f"hookspec {name} has no test_hook_{name} in tests/test_hooks.py"
+        # The kind is declared once, in the spec; exclusive hooks are pluggy firstresult hooks, and only those.
+        assert hook_kind(name) in ("each", "chain", "collect", "exclusive"), name
+        assert spec.ganstack_spec["firstresult"] == (hook_kind(name) == "exclusive"), name
+        assert spec.ganstack_when and spec.ganstack_example, name
+        sig = inspect.signature(spec)
+        assert sig.return_annotation is not inspect.Signature.empty, f"{name} needs a return annotation"
+        assert all(p.annotation is not inspect.Parameter.empty for p in sig.parameters.values()), name
 
 
 # -------------------------------------------------------------------------------------------------
@@ -113,6 +123,8 @@ def test_hook_network_kwargs():
 
 
 class TinyG(torch.nn.Module):
+    is_image, w_dim, num_ws, out_dim = False, None, None, 2  # the G protocol
+
     def __init__(self):
         super().__init__()
         self.z_dim, self.c_dim = 4, 0
@@ -123,6 +135,8 @@ class TinyG(torch.nn.Module):
 
 
 class TinyD(torch.nn.Module):
+    is_image, feature_dim = False, 8  # the D protocol
+
     def __init__(self):
         super().__init__()
         self.c_dim = 0
@@ -153,8 +167,15 @@ def test_hook_build_generator():
     before = tr.G.net.weight.clone()
     tr.step()
     assert not torch.equal(before, tr.G.net.weight)
-    with pytest.raises(PluginError, match=r"both replace the generator network"):
+    with pytest.raises(PluginError, match=r"both replace the generator"):
         PluginStack(["a", "b"], extra_plugins={"a": BuildsG, "b": BuildsG}, registry={})
+
+    class NoProtocol(BuildsG):
+        @hookimpl
+        def build_generator(self):
+            return torch.nn.Linear(4, 2)
+    with pytest.raises(PluginError, match=r"lacks the attribute\(s\) z_dim, c_dim, is_image, w_dim, num_ws"):
+        make_trainer(["np"], extra_plugins={"np": NoProtocol})
 
 
 def test_hook_build_discriminator():
@@ -163,7 +184,7 @@ def test_hook_build_discriminator():
     before = tr.D.out.weight.clone()
     tr.step()
     assert not torch.equal(before, tr.D.out.weight)
-    with pytest.raises(PluginError, match=r"both replace the discriminator network"):
+    with pytest.raises(PluginError, match=r"both replace the discriminator"):
         PluginStack(["a", "b"], extra_plugins={"a": BuildsD, "b": BuildsD}, registry={})
 
 
@@ -207,24 +228,137 @@ class EveryThird:
 
 
 def test_hook_lazy_regularizers():
+    # The toy MLP has no base reg phase: a lazy regularizer runs inside Gmain on its steps, with its gain.
     tr = make_trainer(["e3"], extra_plugins={"e3": EveryThird})
     plugin = tr.stack.plugins["e3"]
     for _ in range(7):
         tr.step()
-    assert plugin.calls == [(0, "Greg"), (3, "Greg"), (6, "Greg")]
-    # StyleGAN2's lazy correction: lr * k/(k+1), betas ** (k/(k+1)); D has no regularizer here.
-    group = tr.G_opt.param_groups[0]
-    assert group["lr"] == pytest.approx(tr.cfg.glr * 3 / 4)
-    assert group["betas"][1] == pytest.approx(tr.cfg.g_betas[1] ** 0.75)
-    assert tr.D_opt.param_groups[0]["lr"] == pytest.approx(tr.cfg.dlr)
-    # The lazy gain: the reg phase backpropagates interval * loss.
-    tr.G.requires_grad_(True)
-    tr.G.zero_grad(set_to_none=True)
+    assert plugin.calls == [(0, "Gmain"), (3, "Gmain"), (6, "Gmain")]
+    # It adds no optimizer step, so G's optimizer keeps the configuration's settings (no lazy correction).
+    vanilla = make_trainer([])
+    for net in ("G_opt", "D_opt"):
+        assert getattr(tr, net).param_groups[0]["lr"] == getattr(vanilla, net).param_groups[0]["lr"] == tr.cfg.glr
+        assert getattr(tr, net).param_groups[0]["betas"] == getattr(vanilla, net).param_groups[0]["betas"]
+    # The lazy gain: at step 3 the main phase's gradient gains interval * d(loss) = 3 on the first parameter.
     x, c = next(tr.stream)
-    ctx = PhaseContext(tr.loss, "Greg", 3, 0, DInput(x, c), torch.randn(4, tr.G.z_dim), torch.zeros(4, 0))
-    tr.loss.accumulate_gradients(ctx)
-    first = next(tr.G.parameters())
-    assert torch.allclose(first.grad, torch.full_like(first, 3.0))
+    z = torch.randn(32, tr.G.z_dim)
+    grads = {}
+    for step in (3, 4):
+        tr.G.requires_grad_(True)
+        tr.G.zero_grad(set_to_none=True)
+        vanilla.G.load_state_dict(tr.G.state_dict())
+        vanilla.D.load_state_dict(tr.D.state_dict())
+        vanilla.G.requires_grad_(True)
+        vanilla.G.zero_grad(set_to_none=True)
+        for t in (tr, vanilla):
+            t.loss.accumulate_gradients(PhaseContext(t.loss, "Gmain", step, 0, DInput(x, c), z, torch.zeros(32, 0)))
+        grads[step] = next(tr.G.parameters()).grad - next(vanilla.G.parameters()).grad
+    assert torch.allclose(grads[3], torch.full_like(grads[3], 3.0), atol=1e-5)
+    assert torch.allclose(grads[4], torch.zeros_like(grads[4]), atol=1e-6)
+    # On the StyleGAN2 presets G has a reg phase every --pl-interval (4) steps: interval 8 runs there, with gain 8.
+    img = make_trainer(["e8"], extra_plugins={"e8": type("E8", (EveryThird,), {
+        "lazy_regularizers": hookimpl(lambda self, cfg: [LazyRegularizer("eight", "G", 8, self.loss)])})}, image=True)
+    assert [r.name for r in img.loss.lazy_due("G", 8)] == ["eight", "pl"]  # --plugins order, core last
+    assert [r.name for r in img.loss.lazy_due("G", 4)] == ["pl"] and img.loss.in_main_phase("G", 8) == []
+    assert img.G_opt.param_groups[0]["lr"] == pytest.approx(img.cfg.glr * 4 / 5)  # the base correction only
+
+
+class StartRecorder:
+    """Records what start_training receives, and adds a frozen helper network to D's device."""
+
+    def __init__(self):
+        self.seen = None
+
+    @hookimpl
+    def start_training(self, nets, data_info, device, cfg):
+        self.seen = (nets, data_info, device, cfg)
+        self.helper = torch.nn.Linear(2, 2).to(device).requires_grad_(False)
+
+    @hookimpl
+    def lazy_regularizers(self, cfg):
+        assert self.seen is not None, "start_training runs before lazy_regularizers"
+        return []
+
+
+def test_hook_start_training():
+    tr = make_trainer(["rec"], extra_plugins={"rec": StartRecorder})
+    nets, data_info, device, cfg = tr.stack.plugins["rec"].seen
+    assert nets.G is tr.G and nets.D is tr.D and nets.G_ema is tr.G_ema  # G_ema exists already
+    assert data_info.kind == data_info["kind"] == "points" and data_info.point_dim == 2
+    assert device == tr.device and cfg is tr.cfg
+    # It belongs to training only: loading a checkpoint for sampling does not call it.
+    from ganstack.training.inference import load_model
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "c.pt")
+        from ganstack.training import checkpoint as ckpt_io
+        ckpt_io.atomic_save(make_trainer([]).checkpoint_dict(), path)
+        assert load_model(path, device="cpu").G is not None
+
+
+class HeadGroup:
+    """Trains an extra D head with its own learning rate through a parameter group."""
+
+    @hookimpl
+    def modify_networks(self, nets):
+        nets.D.add_module("aux_head", torch.nn.Linear(nets.D.feature_dim, 1))
+
+    @hookimpl
+    def param_groups(self, net, module):
+        if net == "D":
+            return [{"params": list(module.aux_head.parameters()), "lr": 0.05}]
+
+    @hookimpl
+    def d_loss(self, ctx, real):
+        return {"aux": ctx.D.aux_head(real.features).square().mean()}
+
+
+def test_hook_param_groups():
+    tr = make_trainer(["hg"], extra_plugins={"hg": HeadGroup})
+    base, head = tr.D_opt.param_groups
+    assert head["lr"] == 0.05 and head["betas"] == base["betas"]  # missing keys take the base settings
+    head_ids = {id(p) for p in tr.D.aux_head.parameters()}
+    assert head_ids == {id(p) for p in head["params"]} and not head_ids & {id(p) for p in base["params"]}
+    vanilla = make_trainer([])
+    assert base["lr"] == vanilla.D_opt.param_groups[0]["lr"] and len(base["params"]) == len(vanilla.D_opt.param_groups[0]["params"])
+    before = tr.D.aux_head.weight.clone()
+    tr.step()
+    assert not torch.equal(before, tr.D.aux_head.weight)
+
+
+class HalvingSchedule:
+    """Halves G's learning rate every step (torch's StepLR), leaves D's alone."""
+
+    @hookimpl
+    def lr_schedule(self, net, optimizer, total_steps):
+        assert total_steps == math.ceil(1000 / 32)
+        if net == "G":
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+
+def test_hook_lr_schedule(tmp_path):
+    tr = make_trainer(["half"], extra_plugins={"half": HalvingSchedule}, kimg=1.0)
+    lr0 = tr.G_opt.param_groups[0]["lr"]
+    for _ in range(3):
+        tr.step()
+    assert tr.G_opt.param_groups[0]["lr"] == pytest.approx(lr0 / 8)
+    assert tr.D_opt.param_groups[0]["lr"] == tr.cfg.dlr
+    # Its state is in the checkpoint and resume continues the schedule bitwise.
+    straight = make_trainer(["half"], extra_plugins={"half": HalvingSchedule}, kimg=1.0)
+    for _ in range(4):
+        straight.step()
+    ckpt = tr.checkpoint_dict()
+    assert set(ckpt["lr_schedules"]) == {"G"}
+    from ganstack.training import checkpoint as ckpt_io
+    ckpt_io.atomic_save(ckpt, str(tmp_path / "c.pt"))
+    resumed = make_trainer(["half"], extra_plugins={"half": HalvingSchedule}, kimg=1.0,
+                           resume=ckpt_io.load(str(tmp_path / "c.pt")))
+    resumed.step()
+    assert resumed.G_opt.param_groups[0]["lr"] == straight.G_opt.param_groups[0]["lr"]
+    assert state_equal(resumed.G.state_dict(), straight.G.state_dict())
+    # Two schedules for one network are a conflict.
+    with pytest.raises(PluginError, match="More than one plugin sets a learning-rate schedule for G"):
+        make_trainer(["a", "b"], extra_plugins={"a": HalvingSchedule, "b": HalvingSchedule}, kimg=1.0)
 
 
 class Doubler:
@@ -402,7 +536,8 @@ def test_hook_report_stats(tmp_path):
     status = [l for l in lines if l.startswith("tick ")]
     assert status and all("rep/level 7.5" in l for l in status)
     records = [json.loads(l) for l in open(tmp_path / "stats.jsonl")]
-    assert records and all(r["Plugin/rep/level"] == 7.5 for r in records)
+    # One name everywhere: 'rep/level' in the status line and in stats.jsonl.
+    assert records and all(r["rep/level"] == 7.5 and "Plugin/rep/level" not in r for r in records)
 
 
 class Counter:
@@ -470,7 +605,10 @@ class WrongArgs:
 def test_unknown_hook_and_bad_signature_are_errors():
     with pytest.raises(PluginError, match=r"augment_d_inputs.*Known hooks: add_options"):
         PluginStack(["u"], extra_plugins={"u": UnknownHook}, registry={})
-    with pytest.raises(PluginError, match=r"does not fit the hook specifications"):
+    # A wrong argument name is refused with the hook's expected signature.
+    with pytest.raises(PluginError, match=r"implements augment_d_input\(x, strength\), but 'strength' is not an "
+                                          r"argument.*augment_d_input\(x: DInput, ctx: Optional\[PhaseContext\], "
+                                          r"is_real: bool\) -> Optional\[DInput\]"):
         PluginStack(["w"], extra_plugins={"w": WrongArgs}, registry={})
 
 

@@ -10,7 +10,7 @@ from conftest import make_trainer
 from ganstack.stylegan_base import networks
 from ganstack.training.api import DInput
 from ganstack.training.core import path_length_penalty, r1_penalty
-from ganstack.training.loop import lazy_mb_ratio
+from ganstack.training.optim import base_reg_intervals, lazy_mb_ratio
 
 
 def test_r1_matches_per_sample_gradient():
@@ -67,13 +67,20 @@ def test_path_length_matches_explicit_jacobian():
     assert torch.allclose(penalty, (lengths - expected_mean).square(), rtol=1e-4)
 
 
-def test_lazy_mb_ratio():
-    assert lazy_mb_ratio([]) == 1.0
-    assert lazy_mb_ratio([1]) == 1.0
-    assert lazy_mb_ratio([16]) == pytest.approx(16 / 17)  # StyleGAN2's D
-    assert lazy_mb_ratio([4]) == pytest.approx(4 / 5)  # StyleGAN2's G
-    assert lazy_mb_ratio([4, 8]) == pytest.approx(1 / (1 + 1 / 4))  # SMaRt on top of path length
-    assert lazy_mb_ratio([3, 4]) == pytest.approx(1 / (1 + 6 / 12))
+def test_lazy_mb_ratio_and_base_intervals():
+    assert lazy_mb_ratio(1) == 1.0
+    assert lazy_mb_ratio(16) == pytest.approx(16 / 17)  # StyleGAN2's D
+    assert lazy_mb_ratio(4) == pytest.approx(4 / 5)  # StyleGAN2's G
+    from conftest import make_config
+    # As StyleGAN2-ADA's train.py: G_reg_interval 4 and D_reg_interval 16 even with path length / R1 off.
+    cfg = make_config(image=True, pl_weight=0.0, gamma=0.0)
+    assert base_reg_intervals(cfg, {"w_space"}, "image") == {"G": 4, "D": 16}
+    # The toy MLPs have no W space and no regularizer: no reg phase, no correction.
+    toy = make_config(gamma=0.0, pl_weight=0.0)
+    assert base_reg_intervals(toy, set(), "points") == {"G": 1, "D": 1}
+    assert base_reg_intervals(make_config(gamma=1.0, pl_weight=0.0), set(), "points") == {"G": 1, "D": 16}
+    # A G without W space (ddgan, cmgan) has no path-length phase; R1 every step (ddgan) has none either.
+    assert base_reg_intervals(make_config(image=True, pl_weight=0.0, r1_interval=1), set(), "image") == {"G": 1, "D": 1}
 
 
 def test_stylegan2_optimizer_correction_and_phases():

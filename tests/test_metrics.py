@@ -136,13 +136,43 @@ def test_toy_mixture_metrics_on_exact_and_collapsed_samples():
     centers, std = np.asarray(info["centers"]), info["std"]
     good = mixture_metrics(ds.points, centers, std)
     # Within 3 std in 2-D: P(chi2_2 <= 9) = 1 - exp(-4.5) of exact samples.
-    assert good["modes"] == 25 and good["kl_modes"] < 1e-3
+    assert good["modes_covered"] == 25 and good["modes_loose"] == 25 and good["kl_modes"] < 1e-3
     assert good["hq_share"] == pytest.approx(1 - math.exp(-4.5), abs=0.005)
     collapsed = mixture_metrics(np.repeat(centers[3:4], 100, 0), centers, std)
-    assert collapsed["modes"] == 1 and collapsed["kl_modes"] == pytest.approx(math.log(25))
-    assert registry.direction("kl_modes") == -1 and registry.direction("modes") == 1
+    assert collapsed["modes_covered"] == 1 and collapsed["kl_modes"] == pytest.approx(math.log(25))
+    assert registry.direction("kl_modes") == -1 and registry.direction("modes_covered") == 1
+    assert registry.direction("modes_loose") == 0 and registry.direction("mode_threshold") == 0
     assert registry.direction("fid50k_full") == -1 and registry.direction("pr50k3_full_recall") == 1
     assert registry.direction("nfe") == 0 and registry.direction("is50k_std") == 0
+
+
+@pytest.mark.parametrize("name", ["gaussians25", "grid49", "ring8"])
+def test_toy_metric_is_calibrated_noise_scores_zero_real_all_collapse_its_modes(name):
+    from ganstack.metrics.toy import uniform_box_samples
+
+    ds = open_dataset(f"toy:{name}?n=20000")
+    info = ds.info()["toy"]
+    centers, std = np.asarray(info["centers"]), info["std"]
+    m = len(centers)
+    noise = mixture_metrics(uniform_box_samples(centers, std, 2500, seed=1), centers, std)
+    assert noise["modes_covered"] == 0 and noise["hq_share"] < 0.05
+    if name == "gaussians25":  # why the loose count is only a secondary figure
+        assert noise["modes_loose"] >= 15
+    real = mixture_metrics(ds.points[:2500], centers, std)
+    assert real["modes_covered"] == m and real["hq_share"] > 0.97
+    keep = np.isin(ds.modes, [0, 5, 7])
+    collapsed = mixture_metrics(ds.points[keep][:2500], centers, std)
+    assert collapsed["modes_covered"] == 3 and collapsed["kl_modes"] == pytest.approx(math.log(m / 3), abs=0.02)
+    # A generator that smears 90% of its mass between the modes covers none, however evenly it spreads.
+    rng = np.random.default_rng(0)
+    smeared = np.concatenate([ds.points[:250], uniform_box_samples(centers, std, 2250, seed=2)])[rng.permutation(2500)]
+    assert mixture_metrics(smeared, centers, std)["modes_covered"] == 0
+    # The threshold is a quarter of the ideal share: a mode at 1/5 of its share is not covered, at 1/3 it is.
+    share = np.full(m, 1.0)
+    share[0], share[1] = 0.2, 0.34
+    idx = np.concatenate([np.nonzero(ds.modes == k)[0][:int(round(share[k] * 100))] for k in range(m)])
+    partial = mixture_metrics(ds.points[idx], centers, std)
+    assert partial["modes_covered"] == m - 1 and partial["mode_threshold"] == math.ceil(len(idx) / (4 * m))
 
 
 # -------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from ganstack.plugins.score_models import EDMPrecond, GaussianMixtureScore, VPSc
 from ganstack.plugins.score_models import io as score_io
 from ganstack.plugins.smart import smart_loss
 from ganstack.stylegan_base.errors import CheckpointError
-from ganstack.training.api import DInput, PluginError, hookimpl
+from ganstack.training.api import Capabilities, DInput, PluginError, hookimpl
 from ganstack.training.loss import PhaseContext
 
 GRID = dict(data="toy:grid49?n=2048")
@@ -49,7 +49,7 @@ def test_smart_loss_equals_direct_computation():
     loss, mse = smart_loss(model, x, t, eps, VPSchedule("linear"), weight=0.01)
     a, s = _ddpm_alpha_sigma(t.numpy())
     x_t = a[:, None] * x.numpy() + s[:, None] * eps.numpy()
-    direct = ((_vp_mixture_eps(x_t, t.numpy(), centers, 0.05) - eps.numpy()) ** 2).mean(1)
+    direct = ((_vp_mixture_eps(x_t, t.numpy(), centers, 0.05) - eps.numpy()) ** 2).sum(1)  # Eq. 10: ||.||_2^2
     assert np.allclose(mse.numpy(), direct, rtol=1e-9)
     assert np.allclose(loss.detach().numpy(), 0.01 * direct, rtol=1e-9)
 
@@ -68,7 +68,7 @@ def test_omit_jacobian_gradient_is_the_formula_with_a_frozen_score():
     alpha = sched.alpha(t).unsqueeze(1)
     x_t = alpha * x.detach() + sched.sigma(t).unsqueeze(1) * eps
     with torch.no_grad():
-        formula = 0.1 * (model.eps(x_t, t, schedule=sched) - eps) * alpha / 3  # (eps_pred - eps) dx_t/dG
+        formula = 2 * 0.1 * (model.eps(x_t, t, schedule=sched) - eps) * alpha  # 2 lambda (eps_pred - eps) dx_t/dG
     assert torch.allclose(g_sur, formula, atol=1e-7)
     cos = torch.nn.functional.cosine_similarity(g_sur.flatten(), formula.flatten(), dim=0)
     assert cos.item() == pytest.approx(1.0, abs=1e-6)
@@ -77,6 +77,51 @@ def test_omit_jacobian_gradient_is_the_formula_with_a_frozen_score():
     (g_full,) = torch.autograd.grad(loss_full.sum(), x)
     assert not torch.allclose(g_full, g_sur, atol=1e-4)
     assert all(p.grad is None for p in model.parameters())
+
+
+class _UnitJacobianScore(torch.nn.Module):
+    """eps_theta(x_t) = x_t - b: a score network whose Jacobian is the identity."""
+
+    label_dim = 0
+
+    def __init__(self, b):
+        super().__init__()
+        self.b = b
+
+    def eps(self, x_t, t, c=None, schedule=None):
+        return x_t - self.b
+
+
+def test_both_modes_give_the_exact_gradient_when_the_jacobian_is_the_identity():
+    """--smart-omit-jacobian keeps Eq. 10's factor 2: with J = I its gradient is the exact one, checked
+    against central finite differences of the exact loss (so switching modes does not halve lambda)."""
+    torch.manual_seed(0)
+    n, d, w = 6, 5, 0.3
+    sched = VPSchedule("linear")
+    model = _UnitJacobianScore(torch.randn(n, d, dtype=torch.float64))
+    x0 = torch.randn(n, d, dtype=torch.float64)
+    t = torch.randint(40, 61, (n,))
+    eps = torch.randn(n, d, dtype=torch.float64)
+    grads = {}
+    for omit in (False, True):
+        x = x0.clone().requires_grad_(True)
+        loss, sq = smart_loss(model, x, t, eps, sched, weight=w, omit_jacobian=omit)
+        (grads[omit],) = torch.autograd.grad(loss.sum(), x)
+    h = 1e-6
+    fd = torch.zeros_like(x0)
+    for i in range(n):
+        for j in range(d):
+            up, down = x0.clone(), x0.clone()
+            up[i, j] += h
+            down[i, j] -= h
+            lu, _ = smart_loss(model, up, t, eps, sched, weight=w)
+            ld, _ = smart_loss(model, down, t, eps, sched, weight=w)
+            fd[i, j] = (lu.sum() - ld.sum()) / (2 * h)
+    assert torch.allclose(grads[False], fd, rtol=1e-6, atol=1e-8)
+    assert torch.allclose(grads[True], fd, rtol=1e-6, atol=1e-8)
+    # Eq. 10 is the squared L2 norm: summed over the sample's values, not averaged.
+    x_t = sched.alpha(t).unsqueeze(1) * x0 + sched.sigma(t).unsqueeze(1) * eps
+    assert torch.allclose(sq, (x_t - model.b - eps).square().sum(1))
 
 
 def test_regularity_pulls_points_onto_the_grid():
@@ -106,45 +151,64 @@ def test_regularity_pulls_points_onto_the_grid():
 # ------------------------------------------------------------------------------------------------
 # Through the training loop
 
-def test_lazy_frequency_gain_and_adam_correction():
+def test_lazy_frequency_gain_and_unchanged_optimizer():
     tr = make_trainer(["smart"], ANALYTIC, **GRID)
-    assert tr.mb_ratio["G"] == pytest.approx(8 / 9) and tr.mb_ratio["D"] == pytest.approx(1.0)
-    assert tr.G_opt.param_groups[0]["lr"] == pytest.approx(tr.cfg.glr * 8 / 9)
-    assert tr.G_opt.param_groups[0]["betas"][1] == pytest.approx(0.99 ** (8 / 9))
+    vanilla = make_trainer([], **GRID)
+    # Enabling smart never changes the base optimizer (issue #11): the same param groups as without it.
+    for net in ("G_opt", "D_opt"):
+        a, b = getattr(tr, net).param_groups, getattr(vanilla, net).param_groups
+        assert [{k: v for k, v in g.items() if k != "params"} for g in a] == \
+               [{k: v for k, v in g.items() if k != "params"} for g in b]
+    assert tr.mb_ratio == vanilla.mb_ratio == {"G": 1.0, "D": 1.0}
+    assert [p for p, _, _ in tr.phases(8)] == ["Gmain", "Dmain"]  # the toy MLP has no reg phase: inside Gmain
     due = [i for i in range(17) if "Loss/smart/score" in tr.step()]
     assert due == [0, 8, 16]
     # interval 3 -> steps 0, 3, 6
     tr = make_trainer(["smart"], {"smart": {"score": "analytic", "interval": 3}}, **GRID)
     assert [i for i in range(7) if "Loss/smart/score" in tr.step()] == [0, 3, 6]
-    # interval 1 -> inside Gmain on every step, no Greg phase, no correction
+    # interval 1 -> inside Gmain on every step, no gain
     tr = make_trainer(["smart"], {"smart": {"score": "analytic", "interval": 1}}, **GRID)
-    assert tr.mb_ratio["G"] == 1.0 and all(p for p, _, _ in tr.phases(1) if p == "Greg") is True
-    assert [p for p, _, _ in tr.phases(1)] == ["Gmain", "Dmain"]
+    assert tr.mb_ratio["G"] == 1.0 and [p for p, _, _ in tr.phases(1)] == ["Gmain", "Dmain"]
     assert all("Loss/smart/score" in tr.step() for _ in range(3))
 
 
-def test_greg_gradient_is_gain_times_direct_loss():
+def test_on_the_stylegan2_presets_smart_runs_in_the_base_greg_phase_and_keeps_the_optimizer(tmp_path):
+    """cifar has no path length, yet G keeps StyleGAN2-ADA's lazy correction for interval 4 (lr x 4/5, beta2 ^ 4/5),
+    with and without smart; smart's every-8th step is a base reg step, so its term runs in Greg with gain 8."""
+    tr = make_trainer(["smart"], {"smart": {"score": _export_unet(tmp_path / "s16.pt", 16)}}, image=True, cfg="cifar",
+                      pl_weight=0.0)
+    vanilla = make_trainer([], image=True, cfg="cifar", pl_weight=0.0)
+    for t in (tr, vanilla):
+        g = t.G_opt.param_groups[0]
+        assert g["lr"] == pytest.approx(t.cfg.glr * 4 / 5) and g["betas"][1] == pytest.approx(0.99 ** 0.8)
+    assert tr.G_opt.param_groups[0]["lr"] == vanilla.G_opt.param_groups[0]["lr"]
+    assert [r.name for r in tr.loss.lazy_due("G", 8)] == ["smart"] and tr.loss.lazy_due("G", 4) == []
+    assert [p for p, _, _ in tr.phases(8)][:2] == ["Gmain", "Greg"] and "Greg" not in [p for p, _, _ in tr.phases(4)]
+
+
+def test_main_phase_gradient_gains_interval_times_direct_loss():
     tr = make_trainer(["smart"], ANALYTIC, **GRID)
     G = tr.G.requires_grad_(True)
     z = torch.randn(32, G.z_dim)
     c = torch.zeros(32, 0)
     x, cr = next(tr.stream)
     torch.manual_seed(7)
-    ctx = PhaseContext(tr.loss, "Greg", 8, 0, DInput(x, cr), z, c)
+    ctx = PhaseContext(tr.loss, "Gmain", 8, 0, DInput(x, cr), z, c)
     G.zero_grad(set_to_none=True)
     tr.loss.accumulate_gradients(ctx)
     via_loop = [p.grad.clone() for p in G.parameters()]
-    # The same draws by hand: t then eps from the global RNG after seeding.
+    # The same by hand: the adversarial term, then SMaRt's t and eps drawn from the global RNG after seeding.
     torch.manual_seed(7)
     plugin = tr.stack.plugins["smart"]
     img = G(z, c)
+    adv = torch.nn.functional.softplus(-tr.D(img, c)).mean()
     t = torch.randint(40, 61, (32,))
     eps = torch.randn_like(img)
     loss, _ = smart_loss(plugin.model, img, t, eps, VPSchedule("linear"), 0.01)
     G.zero_grad(set_to_none=True)
-    (loss.mean() * 8).backward()
+    (adv + loss.mean() * 8).backward()
     for a, b in zip(via_loop, [p.grad for p in G.parameters()]):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 class Doubler:
@@ -267,8 +331,9 @@ def test_errors_say_what_to_do(tmp_path):
         make_trainer(["smart"], {"smart": {"score": "analytic", "t_min": 60, "t_max": 40}}, **GRID)
     with pytest.raises(CheckpointError, match="not a built-in Gaussian mixture|is not one"):
         make_trainer(["smart"], ANALYTIC, image=True)
-    with pytest.raises(PluginError, match="cannot stack with ddgan"):
-        make_trainer(["smart", "ddgan"], ANALYTIC, extra_plugins={"ddgan": Doubler}, **GRID)
+    with pytest.raises(PluginError, match=r"smart cannot run in this stack: it requires 'sample_fakes'.*training "
+                                          r"fakes come from ddgan"):
+        make_trainer(["smart", "ddgan"], ANALYTIC, **GRID)
     with pytest.raises(PluginError, match="applies to images"):
         make_trainer(["smart"], {"smart": {"score": "analytic", "resize": "area"}}, **GRID)
 
@@ -305,6 +370,8 @@ def test_the_score_model_gets_the_labels_of_the_samples_the_sampler_made():
     own = torch.nn.functional.one_hot(torch.arange(8) * 3 % 49, 49).float()
 
     class OwnLabels:
+        capabilities = Capabilities(provides="sample_fakes")  # its fakes are clean samples (smart requires it)
+
         @hookimpl
         def sampler(self, G, z, c, ctx, G_kwargs):
             return DInput(G(z, own), own)
@@ -324,3 +391,21 @@ def test_the_score_model_gets_the_labels_of_the_samples_the_sampler_made():
     expected, _ = smart_loss(plugin.model, img, t, eps, VPSchedule("linear"), 0.01, c=own)
     wrong, _ = smart_loss(plugin.model, img, t, eps, VPSchedule("linear"), 0.01, c=phase_c)
     assert torch.allclose(got, expected) and not torch.allclose(got, wrong)
+
+
+def test_t_range_default_follows_the_data_scale_for_points_and_the_paper_for_images():
+    from types import SimpleNamespace
+
+    from ganstack.plugins.smart import resolve_t_range
+
+    auto = SimpleNamespace(t_min=-1, t_max=-1)
+    sched = VPSchedule("linear")
+    assert resolve_t_range(auto, sched, {"kind": "image"}) == (40, 60)  # CIFAR-10, Sec. 3.4
+    assert resolve_t_range(auto, sched, {"kind": "points", "data_std": 2.0}) == (40, 60)  # toy:grid49's scale
+    lo, hi = resolve_t_range(auto, sched, {"kind": "points", "data_std": 20.0})
+    # Ten times the spacing: the noise sigma_t / alpha_t is ten times the grid49 one.
+    for t, ref in ((lo, 40), (hi, 60)):
+        assert float(sched.edm_sigmas[t]) == pytest.approx(10 * float(sched.edm_sigmas[ref]), rel=0.03)
+    assert resolve_t_range(SimpleNamespace(t_min=25, t_max=35), sched, {"kind": "points", "data_std": 20.0}) == (25, 35)
+    with pytest.raises(PluginError, match="t_min"):
+        resolve_t_range(SimpleNamespace(t_min=900, t_max=100), sched, {"kind": "points", "data_std": 2.0})

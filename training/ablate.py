@@ -13,12 +13,17 @@ turns each stack with that plugin into one stack per value.
 
 The grid is resumable: a cell whose ``cell.json`` says ``done`` is skipped, and an interrupted cell
 resumes from its newest checkpoint (``--resume``), so re-running the same command finishes the grid.
+A cell is reused or resumed only when everything that defines it matches (:func:`cell_definition`: the
+training settings, the dataset's content fingerprint, the plugins and their options, the seed); a rerun
+in the same ``--outdir`` with other settings (``--set glr=0.01``, another ``--data`` or ``--kimg``) is
+refused before anything is written, with the differences listed. ``--dry-run`` writes nothing.
 Cells run one after another, or ``--jobs N`` at a time (on several GPUs, one process per device).
 
 Outputs in ``<outdir>``: ``results.csv`` (one row per cell, final metric values), ``results.md``
 (mean +- std over seeds per stack, the best value of each column in bold), ``metrics_vs_kimg.png``
 (every metric against training progress, mean and std band per stack) and, for 2-D point data,
-``final_samples.png`` (a grid of final samples, stacks x seeds).
+``final_samples.png`` (a grid of final samples, stacks x seeds), ``panels.png`` (one panel per stack, side by
+side) and ``signals.png`` (D's real-fake logit gap and the plugins' scalars over training).
 """
 from __future__ import annotations
 
@@ -37,9 +42,13 @@ from typing import Optional
 import click
 import numpy as np
 
+from ganstack.stylegan_base.cli_support import finite_float, int_range
 from ganstack.stylegan_base.errors import GanstackError
+from ganstack.training import launch
+from ganstack.training.ablate_report import (band, clear_winner, column_note, finish_grid, plot_side_by_side,
+                                             plot_training_signals, scatter_cell, secondary_columns, signals_table)
 from ganstack.training.api import ConfigError
-from ganstack.training.snapshots import _pyplot, scatter_on_axis
+from ganstack.training.snapshots import _pyplot
 
 CELL_FILE = "cell.json"
 
@@ -148,9 +157,11 @@ def validate_stacks(stacks: list[StackSpec], settings: Optional[dict] = None) ->
             stack = PluginStack(s.plugins, s.options)
             if info is not None:
                 from ganstack.training.config import resolve
+                from ganstack.training.preflight import preflight
                 cfg = make_config(dict(settings), 0)
                 resolve(cfg, info)
                 stack.configure(cfg)
+                preflight(cfg, stack, info)  # data fit of the plugins, metrics, tensorboard: before cell 1
         except GanstackError as exc:
             raise type(exc)(f"Stack {s.label!r}: {exc}") from None
 
@@ -191,7 +202,8 @@ def train_settings(base: dict, assignments=()) -> dict:
             raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY a training option ({allowed}). "
                               f"The seed comes from --seeds.")
         try:
-            out[key] = _coerce(value.strip(), fields[key].default)
+            default = () if "tuple" in str(fields[key].type) else fields[key].default  # Optional[tuple]: betas
+            out[key] = value.strip() if key == "metrics" else _coerce(value.strip(), default)
         except (ValueError, ConfigError) as exc:
             raise ConfigError(f"--set {text!r}: {exc}") from None
     if isinstance(out.get("metrics"), str):
@@ -203,15 +215,110 @@ def make_config(settings: dict, seed: int):
     from ganstack.training.config import TrainConfig
 
     cfg = TrainConfig(**settings, seed=seed)
-    cfg._user_set = set(settings) | {"seed"}
+    cfg.mark_user_set(set(settings) | {"seed"})
     return cfg
 
 
+# Settings that change how a cell is run or watched, not what it trains (a finished cell stays valid).
+_NOT_DEFINING = ("workers", "device", "snap", "tick", "keep", "tensorboard", "image_snap")
+_data_fingerprints: dict = {}
+
+
+def data_fingerprint(settings: dict) -> str:
+    """Content fingerprint of the cells' dataset (its view: max_size, mirror, labels), memoised per process.
+
+    Part of what defines a cell: the same ``--data`` path holding other data (another folder, an edited
+    file) is another experiment.
+    """
+    from ganstack.stylegan_base.datasets import open_dataset
+
+    spec = settings.get("data", "toy:gaussians25")
+    path = os.path.expanduser(str(spec))
+    stamp = None
+    if os.path.exists(path):
+        st = os.stat(path)
+        stamp = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    key = (spec, stamp, settings.get("max_size"), bool(settings.get("mirror")), bool(settings.get("cond")))
+    if key not in _data_fingerprints:
+        ds = open_dataset(spec, mirror=bool(settings.get("mirror")), max_size=settings.get("max_size"),
+                          use_labels=bool(settings.get("cond")))
+        _data_fingerprints[key] = ds.fingerprint()
+    return _data_fingerprints[key]
+
+
+def cell_definition(settings: dict, stack: StackSpec, seed: int) -> dict:
+    """Everything that defines what a cell trains: the training settings (the data by its content), the
+    plugin stack with its options, and the seed. A finished cell is reused only when all of it matches."""
+    defining = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(settings.items())
+                if k not in _NOT_DEFINING and k != "data"}
+    return dict(settings=defining, data_fingerprint=data_fingerprint(settings), plugins=list(stack.plugins),
+                options={p: dict(sorted(o.items())) for p, o in sorted(stack.options.items())}, seed=seed)
+
+
 def cell_fingerprint(settings: dict, stack: StackSpec, seed: int) -> str:
-    blob = json.dumps(dict(settings={k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()
-                                     if k not in ("workers", "device", "snap", "tick", "keep", "tensorboard")},
-                           plugins=stack.plugins, options=stack.options, seed=seed), sort_keys=True)
+    blob = json.dumps(cell_definition(settings, stack, seed), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every entry of two cell definitions that differs."""
+    if not old:
+        return ["it was recorded without its settings (an older ganstack), so they cannot be compared"]
+    out = []
+    for key in ("settings", "options"):
+        a, b = old.get(key, {}) or {}, new.get(key, {}) or {}
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                out.append(f"{k} {a.get(k, 'unset')!r} -> {b.get(k, 'unset')!r}")
+    if old.get("data_fingerprint") != new.get("data_fingerprint"):
+        out.append(f"data content {str(old.get('data_fingerprint'))[:12]} -> {str(new.get('data_fingerprint'))[:12]} "
+                   f"({old.get('data', '?')!r} -> {new.get('data', '?')!r})")
+    for key in ("plugins", "seed"):
+        if old.get(key) != new.get(key):
+            out.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+    return out or ["the fingerprint differs"]
+
+
+def cell_conflict(cell: "Cell", settings: dict) -> Optional[str]:
+    """Why ``cell.dir`` cannot be reused or resumed under ``settings`` (None when it can, or is new)."""
+    if not os.path.isdir(cell.dir):
+        return None
+    path = os.path.join(cell.dir, CELL_FILE)
+    state = _read_cell(cell.dir)
+    if not state:
+        if os.path.exists(path) or run_dirs(cell.dir):
+            return (f"its {CELL_FILE} is missing or unreadable but it holds runs, so what it was trained with is "
+                    f"unknown")
+        return None
+    if state.get("fingerprint") == cell_fingerprint(settings, cell.stack, cell.seed):
+        return None
+    new = dict(cell_definition(settings, cell.stack, cell.seed), data=settings.get("data"))
+    return ", ".join(_differences(state.get("definition") or {}, new))
+
+
+def check_reuse(cells: list["Cell"], settings: dict) -> dict:
+    """Refuse, before anything is written, to reuse or resume cells made with other settings.
+
+    Returns ``{cell dir: 'done' | 'resume' | 'new'}`` for the plan.
+    """
+    conflicts = []
+    plan = {}
+    for cell in cells:
+        why = cell_conflict(cell, settings)
+        if why:
+            name = f"cells/{os.path.basename(os.path.dirname(cell.dir))}/{os.path.basename(cell.dir)}"
+            conflicts.append(f"{name}: {why}")
+            continue
+        state = _read_cell(cell.dir)
+        plan[cell.dir] = "done" if state.get("status") == "done" else ("resume" if newest_checkpoint(cell.dir) else "new")
+    if conflicts:
+        shown = conflicts[:8] + ([f"... and {len(conflicts) - 8} more"] if len(conflicts) > 8 else [])
+        raise ConfigError("This --outdir already holds cells trained with other settings, so their results cannot "
+                          "be reused (a finished cell is reused only when everything that defines it matches: "
+                          "training options, data content, plugins and their options, seed). Differences (was -> "
+                          "now): " + "; ".join(shown) + ". Use a new --outdir for the new settings, or delete those "
+                          "cell folders to retrain them. Nothing was changed.")
+    return plan
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,12 +332,14 @@ def _read_cell(cell_dir: str) -> dict:
         return {}
 
 
-def _write_cell(cell_dir: str, data: dict) -> None:
-    os.makedirs(cell_dir, exist_ok=True)
-    tmp = os.path.join(cell_dir, f".{CELL_FILE}.tmp-{os.getpid()}")
-    with open(tmp, "wt") as f:
+def _write_json(path: str, data: dict) -> None:
+    from ganstack.stylegan_base.cli_support import atomic_path
+    with atomic_path(path) as tmp, open(tmp, "wt") as f:
         json.dump(data, f, indent=2)
-    os.replace(tmp, os.path.join(cell_dir, CELL_FILE))
+
+
+def _write_cell(cell_dir: str, data: dict) -> None:
+    _write_json(os.path.join(cell_dir, CELL_FILE), data)
 
 
 def run_dirs(cell_dir: str) -> list[str]:
@@ -248,7 +357,7 @@ def newest_checkpoint(cell_dir: str) -> Optional[str]:
     best = None
     for rd in run_dirs(cell_dir):
         for path in ckpt_io.list_snapshots(rd):
-            nimg = ckpt_io._snapshot_nimg(path)
+            nimg = ckpt_io.snapshot_nimg(path)
             if best is None or nimg >= best[0]:
                 best = (nimg, path)
     return best[1] if best else None
@@ -259,14 +368,16 @@ def run_cell(cell: Cell, settings: dict, device: Optional[str] = None, log=None)
     from ganstack.training.cli import run_training
 
     fp = cell_fingerprint(settings, cell.stack, cell.seed)
+    why = cell_conflict(cell, settings)
+    if why:
+        raise ConfigError(f"{cell.dir} holds a cell trained with other settings ({why}). Use a new --outdir for "
+                          f"a different ablation, or delete that folder.")
     state = _read_cell(cell.dir)
-    if state.get("fingerprint") not in (None, fp):
-        raise ConfigError(f"{cell.dir} holds a cell trained with other settings (budget, data or options). "
-                          f"Use a new --outdir for a different ablation, or delete that folder.")
     if state.get("status") == "done":
         return state
+    definition = dict(cell_definition(settings, cell.stack, cell.seed), data=settings.get("data"))
     info = dict(stack=cell.stack.label, plugins=cell.stack.plugins, options=cell.stack.options, seed=cell.seed,
-                fingerprint=fp, status="running", started=time.time())
+                fingerprint=fp, definition=definition, status="running", started=time.time())
     _write_cell(cell.dir, info)
     cfg = make_config(settings, cell.seed)
     resume = newest_checkpoint(cell.dir)
@@ -307,7 +418,9 @@ def _run_cell_in_worker(cell: Cell, settings: dict) -> tuple[str, Optional[str]]
 def run_grid(cells: list[Cell], settings: dict, jobs: int = 1, devices: Optional[list] = None, log=click.echo,
              keep_going: bool = True) -> dict:
     """Run every unfinished cell; returns ``{cell dir: error or None}``."""
-    todo = [c for c in cells if _read_cell(c.dir).get("status") != "done"]
+    # A cell counts as finished only with the fingerprint of these settings (run_cell refuses the others).
+    todo = [c for c in cells if not (_read_cell(c.dir).get("status") == "done"
+                                     and _read_cell(c.dir).get("fingerprint") == cell_fingerprint(settings, c.stack, c.seed))]
     skipped = len(cells) - len(todo)
     if skipped:
         log(f"Skipping {skipped} finished cell(s).")
@@ -448,15 +561,15 @@ def write_markdown(rows, columns, stacks, path: str, title: str, notes: list[str
     agg = aggregate(rows, columns, stacks)
     shown = _shown_columns(columns)
     arrows = {1: " ↑", -1: " ↓", 0: ""}
+    shown = shown + [c for c in secondary_columns(columns) if c not in shown]
     best = {}
     for c in shown:
-        d = column_direction(c)
-        means = [(agg[s.label][c][0], s.label) for s in stacks if c in agg[s.label]]
-        if d and len(means) > 1:
-            target = max(m for m, _ in means) if d > 0 else min(m for m, _ in means)
-            best[c] = {label for m, label in means if m == target}
+        label = clear_winner({s.label: agg[s.label][c] for s in stacks if c in agg[s.label]}, column_direction(c))
+        if label is not None:
+            best[c] = {label}
     lines = [f"# {title}", ""]
-    lines.append("| stack | seeds | " + " | ".join(f"{c}{arrows[column_direction(c)]}" for c in shown) + " |")
+    lines.append("| stack | seeds | " + " | ".join(f"{c}{arrows[column_direction(c)]}" + column_note(c)
+                                                  for c in shown) + " |")
     lines.append("|---|---|" + "---|" * len(shown))
     for s in stacks:
         n_done = sum(1 for r in rows if r["stack"] == s.label and r["status"] == "done")
@@ -467,12 +580,13 @@ def write_markdown(rows, columns, stacks, path: str, title: str, notes: list[str
                 cells.append("–")
                 continue
             mean, std, _ = agg[s.label][c]
-            spread = math.isfinite(std) and column_direction(c) != 0  # nfe: a property of the stack
+            spread = math.isfinite(std) and (column_direction(c) != 0 or column_note(c))  # nfe: fixed
             text = _fmt(mean) + (f" ± {_fmt(std)}" if spread else "")
             cells.append(f"**{text}**" if s.label in best.get(c, ()) else text)
         lines.append(f"| {s.label} | {n_done}/{n_all} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample std over the finished seeds at the final evaluation; the best mean of each "
-                  "column is in bold (↑ higher is better, ↓ lower is better)."]
+    lines += ["", "Mean ± sample std over the finished seeds at the final evaluation (↑ higher is better, ↓ lower "
+                  "is better). A stack is in bold only where it is a clear winner: its mean beats every other "
+                  "stack's by more than the two stacks' standard deviations added (one seed: nothing is marked)."]
     lines += [""] + [f"- {n}" for n in notes]
     failed = [r for r in rows if r["status"] not in ("done",)]
     if failed:
@@ -512,26 +626,10 @@ def plot_curves(cells: list[Cell], stacks: list[StackSpec], columns: list[str], 
             if not common:
                 continue
             vals = np.array([[x[k] for k in common] for x in series])
-            mean = vals.mean(0)
-            color = colors[si % len(colors)]
-            ax.plot(common, mean, label=s.label, color=color, lw=1.5)
-            if len(series) > 1:
-                std = vals.std(0, ddof=1)
-                ax.fill_between(common, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+            band(ax, common, vals, colors[si % len(colors)], s.label)
         d = column_direction(col)
         ax.set_title(col + {1: " (higher is better)", -1: " (lower is better)", 0: ""}[d], fontsize=9)
-        ax.set_xlabel("kimg", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(shown):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 0.96))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_grid(plt, fig, axes, len(shown), title, path)
     return True
 
 
@@ -540,18 +638,13 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
     """Grid of scatter plots (rows: stacks, columns: seeds) of samples from each cell's final checkpoint."""
     import torch
 
-    from ganstack.metrics.registry import draw_samples
-    from ganstack.stylegan_base.datasets import open_dataset
-    from ganstack.training.inference import load_model
-
     plt = _pyplot()
     if plt is None:
         return False
     by_key = {(c.stack.label, c.seed): c for c in cells}
     fig, axes = plt.subplots(len(stacks), len(seeds), figsize=(2.6 * len(seeds) + 1.2, 2.6 * len(stacks)),
                              squeeze=False)
-    reference = centers = None
-    lim = None
+    ref: dict = {}
     for i, s in enumerate(stacks):
         for j, seed in enumerate(seeds):
             ax = axes[i, j]
@@ -562,20 +655,9 @@ def plot_final_samples(cells: list[Cell], stacks: list[StackSpec], seeds: list[i
             if ckpt is None:
                 ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, fontsize=8)
                 continue
-            model = load_model(ckpt, device="cpu")
-            if model.data_info["kind"] != "points":
+            if scatter_cell(ax, ckpt, ref, n) is None:
                 plt.close(fig)
                 return False
-            if reference is None:
-                ds = open_dataset(model.data_info["spec"])
-                idx = np.random.default_rng(0).choice(len(ds), min(len(ds), n), replace=False)
-                reference = np.asarray(ds.get_batch(idx)[0])
-                centers = model.data_info.get("toy", {}).get("centers")
-                centers = None if centers is None else np.asarray(centers)
-                lim = float(np.abs(reference[:, :2]).max()) * 1.25
-            x = draw_samples(model.G, model.stack, n, "cpu", seed=0).numpy()
-            scatter_on_axis(ax, x, reference, centers, lim, size=1.0)
-            del model
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
     for j, seed in enumerate(seeds):
         axes[0, j].set_title(f"seed {seed}", fontsize=9)
@@ -601,11 +683,23 @@ def write_reports(outdir: str, cells: list[Cell], stacks: list[StackSpec], seeds
              f"Metrics: {', '.join(settings.get('metrics', ())) or 'none'} (sampled through each stack's sampler; "
              f"nfe = generator evaluations per sample)."]
     text = write_markdown(rows, columns, stacks, paths["md"], title, notes)
+    extra = signals_table(cells, stacks)  # ablate_report: D's logit gap and plugin scalars at the end
+    if extra:
+        with open(paths["md"], "at") as f:
+            f.write(extra)
+        text += extra
     made = []
     if columns and plot_curves(cells, stacks, columns, paths["curves"], title):
         made.append(paths["curves"])
     if plot_final_samples(cells, stacks, seeds, paths["samples"], title):
         made.append(paths["samples"])
+    # The results side (ablate_report): side-by-side panels per stack and D/plugin signals over training.
+    agg = aggregate(rows, columns, stacks)
+    for key, fn in (("panels", lambda p: plot_side_by_side(cells, stacks, seeds, agg, p, title)),
+                    ("signals", lambda p: plot_training_signals(cells, stacks, p, title))):
+        paths[key] = os.path.join(outdir, f"{key}.png")
+        if fn(paths[key]):
+            made.append(paths[key])
     log(text)
     log(f"Wrote {paths['csv']}, {paths['md']}" + (f", {', '.join(made)}" if made else ""))
     return paths
@@ -636,8 +730,15 @@ def default_snap(settings: dict) -> int:
 
 
 def ablate(outdir: str, stack_specs, seeds, settings: dict, shared_opts=(), sweep=None, jobs: int = 1,
-           devices=None, log=click.echo, dry_run: bool = False) -> dict:
-    """Everything ``ganstack ablate`` does after parsing (also used by the tests)."""
+           devices=None, log=click.echo, dry_run: bool = False, launcher=None) -> dict:
+    """Everything ``ganstack ablate`` does after parsing (also used by the tests).
+
+    ``launcher`` runs the cells (:mod:`ganstack.training.launch`): by default here, ``jobs`` at a time on
+    ``devices``; a ``SlurmCellLauncher`` submits them as a job array instead.
+    """
+    from ganstack.stylegan_base.cli_support import check_output_dir
+
+    check_output_dir(outdir, "--outdir")
     stacks = build_stacks(stack_specs, shared_opts, sweep)
     if "kimg" not in settings:
         raise ConfigError("ganstack ablate needs one shared budget: --kimg N.")
@@ -655,51 +756,76 @@ def ablate(outdir: str, stack_specs, seeds, settings: dict, shared_opts=(), swee
         settings["snap"] = default_snap(settings)
     settings.setdefault("keep", 2)
     cells = plan(outdir, stacks, seeds)
-    os.makedirs(outdir, exist_ok=True)
-    with open(os.path.join(outdir, "ablation.json"), "wt") as f:
-        json.dump(dict(stacks=[dict(label=s.label, plugins=s.plugins, options=s.options) for s in stacks],
-                       seeds=list(seeds), settings={k: list(v) if isinstance(v, tuple) else v
-                                                    for k, v in settings.items()}), f, indent=2)
+    # Finished or interrupted cells of other settings are refused before anything is written.
+    status = check_reuse(cells, settings)
     log(f"Ablation: {len(stacks)} stack(s) x {len(seeds)} seed(s) = {len(cells)} cells in {outdir}")
     for s in stacks:
         log(f"  {s.label}")
-    if dry_run:
-        return dict(cells=cells, stacks=stacks)
-    errors = run_grid(cells, settings, jobs=jobs, devices=devices, log=log)
+    counts = {k: sum(1 for v in status.values() if v == k) for k in ("done", "resume", "new")}
+    log(f"Cells: {counts['done']} finished (reused), {counts['resume']} to resume, {counts['new']} to train.")
+    if dry_run:  # no side effects: no folder, no ablation.json
+        log("Dry run: nothing was written.")
+        return dict(cells=cells, stacks=stacks, status=status)
+    os.makedirs(outdir, exist_ok=True)
+    _write_json(os.path.join(outdir, "ablation.json"),
+                dict(stacks=[dict(label=s.label, plugins=s.plugins, options=s.options) for s in stacks],
+                     seeds=list(seeds), settings={k: list(v) if isinstance(v, tuple) else v
+                                                  for k, v in settings.items()}))
+    from ganstack.training.launch import LocalCellLauncher
+    launcher = launcher or LocalCellLauncher(jobs=jobs, devices=devices)
+    errors = launcher.run(cells, settings, outdir, log=log)
     paths = write_reports(outdir, cells, stacks, list(seeds), settings, log=log)
     failed = {k: v for k, v in errors.items() if v}
     if failed:
         log(f"{len(failed)} cell(s) failed; see cell.json in: " + ", ".join(failed))
-    return dict(cells=cells, stacks=stacks, errors=errors, **paths)
+    missing = sum(1 for c in cells if _read_cell(c.dir).get("status") != "done")
+    if missing:
+        log(f"The results cover {len(cells) - missing} of {len(cells)} cells; {missing} missing. "
+            f"`ganstack ablate --status {outdir}` shows them; re-running this command collects finished cells "
+            f"and runs (or resubmits) the rest.")
+    return dict(cells=cells, stacks=stacks, errors=errors, missing=missing, **paths)
 
 
 @click.command("ablate")
-@click.option("--outdir", required=True, help="Folder of the ablation (cells, results.csv/.md, plots).")
+@click.option("--outdir", default=None, help="Folder of the ablation (cells, results.csv/.md, plots).")
 @click.option("--stacks", "stacks_text", default=None,
               help='Stacks separated by ";", e.g. "none;diffusion;diffusion,smart;diffusion,smart,clr".')
 @click.option("--stack", "stack_list", multiple=True, metavar="SPEC",
               help='One stack with its own options, e.g. "diffusion,smart smart.weight=0.1" (repeatable).')
 @click.option("--seeds", default="0-2", show_default=True, help="Seeds, e.g. 0-2 or 0,5,7.")
 @click.option("--data", default="toy:gaussians25", show_default=True, help="Dataset (as for ganstack train).")
-@click.option("--kimg", type=float, required=True, help="Training budget of every cell, in kimg.")
+@click.option("--kimg", type=finite_float(0, min_open=True), default=None,
+              help="Training budget of every cell, in kimg (required).")
 @click.option("--cfg", default=None, help="Preset (as for ganstack train) [default: auto].")
-@click.option("--batch", type=int, default=None, help="Batch size [default: preset].")
+@click.option("--batch", type=int_range(1), default=None, help="Batch size [default: preset].")
 @click.option("--metrics", default=None, help="Metrics at each checkpoint [default: toy for 2-D mixtures].")
-@click.option("--snap", type=int, default=None, help="Ticks between checkpoints/metrics [default: ~10 per cell].")
-@click.option("--tick", type=float, default=None, help="kimg per tick [default: preset].")
+@click.option("--snap", type=int_range(1), default=None, help="Ticks between checkpoints/metrics [default: ~10 per cell].")
+@click.option("--tick", type=finite_float(0, min_open=True), default=None, help="kimg per tick [default: preset].")
 @click.option("--opt", "shared_opts", multiple=True, metavar="PLUGIN.OPTION=VALUE",
               help="Plugin option for every stack that enables the plugin (repeatable).")
 @click.option("--sweep", default=None, metavar="PLUGIN.OPTION=V1,V2,...",
               help="Run each stack that enables PLUGIN once per value.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Any other training option for every cell, e.g. --set glr=0.002 --set mlp_hidden=64.")
-@click.option("--jobs", type=int, default=None, help="Cells at a time [default: number of GPUs, else 1].")
+@click.option("--jobs", type=int_range(1, 1024), default=None, help="Cells at a time [default: number of GPUs, else 1].")
 @click.option("--devices", default=None, help="Comma-separated devices for --jobs [default: all GPUs, else cpu].")
 @click.option("--dry-run", is_flag=True, default=False, help="List the cells and exit.")
+@launch.ablate_options
 def ablate_command(outdir, stacks_text, stack_list, seeds, data, kimg, cfg, batch, metrics, snap, tick, shared_opts,
-                   sweep, assignments, jobs, devices, dry_run):
-    """Train stacks x seeds on one budget; write results.csv, results.md and plots. Resumable."""
-    from ganstack.training.cli import parse_range
+                   sweep, assignments, jobs, devices, dry_run, **launch_kw):
+    """Train stacks x seeds on one budget; write results.csv, results.md and plots. Resumable.
+
+    With --launcher slurm the cells are submitted as one SLURM job array (submitit); re-running the same
+    command collects finished cells and resubmits unfinished or failed ones.
+    """
+    from ganstack.stylegan_base.cli_support import check_device, parse_seed_list
+
+    if launch_kw.get("status_dir"):
+        launch.print_status(launch_kw["status_dir"])
+        return
+    if not outdir:
+        raise ConfigError("ganstack ablate needs --outdir DIR (the folder of the ablation), or --status DIR.")
+    seed_list = parse_seed_list(seeds, "--seeds")
 
     specs = [s for s in (stacks_text or "").split(";") if s.strip()] + list(stack_list)
     if not specs:
@@ -708,11 +834,14 @@ def ablate_command(outdir, stacks_text, stack_list, seeds, data, kimg, cfg, batc
     if metrics is not None:
         base["metrics"] = metrics
     settings = train_settings(base, assignments)
-    dev_list = [d.strip() for d in devices.split(",")] if devices else _default_devices(jobs or 1)
+    dev_list = ([check_device(d, "--devices") for d in devices.split(",") if d.strip()] if devices
+                else _default_devices(jobs or 1))
+    if not dev_list or "auto" in dev_list:
+        raise ConfigError(f"--devices {devices!r}: give devices such as cpu or cuda:0,cuda:1 (not auto).")
     if jobs is None:
         jobs = len(dev_list) if dev_list[0].startswith("cuda") else 1
-    ablate(outdir, specs, parse_range(seeds), settings, shared_opts, sweep, jobs=jobs, devices=dev_list,
-           dry_run=dry_run)
+    ablate(outdir, specs, seed_list, settings, shared_opts, sweep, jobs=jobs, devices=dev_list,
+           dry_run=dry_run, launcher=launch.make_cell_launcher(launch_kw, jobs, dev_list))
 
 
 __all__ = ["ablate", "ablate_command"]

@@ -7,11 +7,8 @@ Every plugin option becomes a flag ``--<plugin>-<option>`` of ``train``.
 from __future__ import annotations
 
 import importlib.metadata as importlib_metadata
-import json
 import os
-import re
 import sys
-import traceback
 from typing import Optional
 
 if "torch" not in sys.modules:
@@ -21,39 +18,26 @@ if "torch" not in sys.modules:
 
 import click
 
+from ganstack.stylegan_base.cli_support import (DEVICE, FINITE_FLOAT, SEED, SEED_LIST, atomic_path, check_output_dir,
+                                               check_output_file, finite_float, int_range, parse_seed_list,
+                                               resolve_device, run_main)
 from ganstack.stylegan_base.errors import CheckpointError, GanstackError
 from ganstack.training.api import ConfigError, PluginError
 from ganstack.training.config import ALL_PRESETS, TrainConfig
-from ganstack.training.plugin_manager import (CORE_NAME, discover, hook_names, load_plugin, parse_stack,
-                                     plugin_option_schema)
+from ganstack.training.plugin_manager import (CORE_NAME, declared_capabilities, discover, hook_names, load_plugin,
+                                              parse_stack, plugin_option_schema)
+from ganstack.training.run import TRAIN_RESUME_MUTABLE as RESUME_MUTABLE  # noqa: F401 - the list --help names
+from ganstack.training.run import run_training as _run_training
 
 COMMAND_GROUP = "ganstack.commands"
-# Options a resumed run may change; everything else must match the checkpoint.
-RESUME_MUTABLE = {"kimg", "snap", "image_snap", "keep", "workers", "metrics", "tick", "device", "tensorboard",
-                  "compile", "channels_last", "tf32", "sync_debug", "threads"}  # speed switches keep the math
 
 
 # ------------------------------------------------------------------------------------------------
 # Helpers
 
-def parse_range(s: str) -> list[int]:
-    """``'0-3,7'`` -> ``[0, 1, 2, 3, 7]``."""
-    out = []
-    for part in str(s).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)-(\d+)", part)
-        if m:
-            a, b = int(m.group(1)), int(m.group(2))
-            if b < a:
-                raise click.BadParameter(f"range {part!r} is empty; write low-high")
-            out.extend(range(a, b + 1))
-        elif part.isdigit():
-            out.append(int(part))
-        else:
-            raise click.BadParameter(f"{part!r} is not a number or a range like 0-63")
-    return out
+def parse_range(s: str, flag: str = "--seeds") -> list[int]:
+    """``'0-3,7'`` -> ``[0, 1, 2, 3, 7]``; empty, reversed or out-of-range lists are errors naming ``flag``."""
+    return parse_seed_list(s, flag)
 
 
 def _flag(plugin: str, opt: str) -> str:
@@ -93,31 +77,13 @@ def _user_set(ctx: click.Context, names) -> set:
     return {n for n in names if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)}
 
 
-def new_run_dir(outdir: str, desc: str) -> str:
-    """``<outdir>/<NNNNN>-<desc>`` with the next free number, as StyleGAN2-ADA names runs."""
-    os.makedirs(outdir, exist_ok=True)
-    ids = [int(m.group(1)) for m in (re.match(r"^(\d+)-", d) for d in os.listdir(outdir)) if m]
-    run_id = max(ids, default=-1) + 1
-    path = os.path.join(outdir, f"{run_id:05d}-{desc}")
-    os.makedirs(path, exist_ok=False)
-    return path
-
-
-class Tee:
-    """Print to the terminal and to ``log.txt`` in the run folder."""
-
-    def __init__(self, path):
-        self.f = open(path, "at")
-
-    def __call__(self, msg: str):
-        click.echo(msg)
-        self.f.write(msg + "\n")
-        self.f.flush()
-
-
 # ------------------------------------------------------------------------------------------------
 # train
 
+# The click types refuse what is not a finite number or a representable whole number; the ranges of the
+# options are checked in one place, training/config.py validate(), which also sees API and ablate --set values.
+INT = int_range(-(2 ** 31), 2 ** 31 - 1)
+POSITIVE_INT = int_range(1)
 TRAIN_OPTIONS = [
     # (flag, TrainConfig field, click kwargs)
     ("--data", "data", dict(type=str, default=TrainConfig.data, show_default=True,
@@ -125,37 +91,37 @@ TRAIN_OPTIONS = [
                                  "toy:ring8, or shapes32 (built-in procedural images).")),
     ("--cfg", "cfg", dict(type=click.Choice(ALL_PRESETS), default="auto", show_default=True,
                           help="Preset (StyleGAN2-ADA); 'auto' picks from the resolution, and 'toy' for point data.")),
-    ("--kimg", "kimg", dict(type=float, default=None, help="Training length in thousands of real images [default: preset]")),
-    ("--seed", "seed", dict(type=int, default=0, show_default=True, help="Random seed.")),
-    ("--batch", "batch", dict(type=int, default=None, help="Total batch size [default: preset]")),
-    ("--batch-gpu", "batch_gpu", dict(type=int, default=None, help="Samples per GPU per round (gradient accumulation) [default: batch/GPUs]")),
-    ("--gamma", "gamma", dict(type=float, default=None, help="R1 weight [default: preset]")),
-    ("--r1-interval", "r1_interval", dict(type=int, default=16, show_default=True, help="Lazy R1 interval (1 = every step).")),
-    ("--pl-weight", "pl_weight", dict(type=float, default=None, help="Path-length weight [default: 2, 0 for cifar/toy]")),
-    ("--pl-interval", "pl_interval", dict(type=int, default=4, show_default=True, help="Lazy path-length interval.")),
-    ("--style-mixing", "style_mixing", dict(type=float, default=None, help="Style-mixing probability [default: 0.9, 0 for cifar]")),
-    ("--glr", "glr", dict(type=float, default=None, help="G learning rate [default: preset]")),
-    ("--dlr", "dlr", dict(type=float, default=None, help="D learning rate [default: preset]")),
-    ("--ema", "ema_kimg", dict(type=float, default=None, help="G_ema half-life in kimg [default: preset]")),
-    ("--map-depth", "map_depth", dict(type=int, default=None, help="Mapping network depth, 2..8 [default: preset]")),
-    ("--z-dim", "z_dim", dict(type=int, default=None, help="Latent size [default: 512 images, 32 points]")),
-    ("--cbase", "cbase", dict(type=int, default=None, help="Capacity multiplier (channel_base) [default: preset]")),
-    ("--cmax", "cmax", dict(type=int, default=512, show_default=True, help="Max. feature maps.")),
-    ("--mbstd-group", "mbstd_group", dict(type=int, default=None, help="Minibatch-std group size [default: preset]")),
+    ("--kimg", "kimg", dict(type=FINITE_FLOAT, default=None, help="Training length in thousands of real images [default: preset]")),
+    ("--seed", "seed", dict(type=SEED, default=0, show_default=True, help="Random seed.")),
+    ("--batch", "batch", dict(type=INT, default=None, help="Total batch size [default: preset]")),
+    ("--batch-gpu", "batch_gpu", dict(type=INT, default=None, help="Samples per GPU per round (gradient accumulation) [default: batch/GPUs]")),
+    ("--gamma", "gamma", dict(type=FINITE_FLOAT, default=None, help="R1 weight [default: preset]")),
+    ("--r1-interval", "r1_interval", dict(type=INT, default=16, show_default=True, help="Lazy R1 interval (1 = every step).")),
+    ("--pl-weight", "pl_weight", dict(type=FINITE_FLOAT, default=None, help="Path-length weight [default: 2, 0 for cifar/toy]")),
+    ("--pl-interval", "pl_interval", dict(type=INT, default=4, show_default=True, help="Lazy path-length interval.")),
+    ("--style-mixing", "style_mixing", dict(type=FINITE_FLOAT, default=None, help="Style-mixing probability [default: 0.9, 0 for cifar]")),
+    ("--glr", "glr", dict(type=FINITE_FLOAT, default=None, help="G learning rate [default: preset]")),
+    ("--dlr", "dlr", dict(type=FINITE_FLOAT, default=None, help="D learning rate [default: preset]")),
+    ("--ema", "ema_kimg", dict(type=FINITE_FLOAT, default=None, help="G_ema half-life in kimg [default: preset]")),
+    ("--map-depth", "map_depth", dict(type=INT, default=None, help="Mapping network depth, 2..8 [default: preset]")),
+    ("--z-dim", "z_dim", dict(type=INT, default=None, help="Latent size [default: 512 images, 32 points]")),
+    ("--cbase", "cbase", dict(type=INT, default=None, help="Capacity multiplier (channel_base) [default: preset]")),
+    ("--cmax", "cmax", dict(type=INT, default=512, show_default=True, help="Max. feature maps.")),
+    ("--mbstd-group", "mbstd_group", dict(type=INT, default=None, help="Minibatch-std group size [default: preset]")),
     ("--d-architecture", "d_architecture", dict(type=click.Choice(["orig", "skip", "resnet"]), default=None,
                                                 help="D architecture [default: resnet, orig for cifar]")),
-    ("--mlp-hidden", "mlp_hidden", dict(type=int, default=128, show_default=True, help="Hidden width of the MLP (point data).")),
+    ("--mlp-hidden", "mlp_hidden", dict(type=INT, default=128, show_default=True, help="Hidden width of the MLP (point data).")),
     ("--cond", "cond", dict(is_flag=True, default=False, help="Train a class-conditional model (needs labels).")),
     ("--mirror", "mirror", dict(is_flag=True, default=False, help="Add x-flipped copies of the images.")),
-    ("--max-size", "max_size", dict(type=int, default=None, help="Use at most this many dataset items.")),
-    ("--tick", "tick", dict(type=float, default=None, help="kimg per tick (status line) [default: 4, 20 for points]")),
-    ("--snap", "snap", dict(type=int, default=50, show_default=True, help="Ticks between checkpoints and pictures.")),
-    ("--keep", "keep", dict(type=int, default=5, show_default=True, help="Checkpoints kept (0 = all).")),
-    ("--workers", "workers", dict(type=int, default=2, show_default=True, help="Data-loader worker processes.")),
+    ("--max-size", "max_size", dict(type=POSITIVE_INT, default=None, help="Use at most this many dataset items.")),
+    ("--tick", "tick", dict(type=FINITE_FLOAT, default=None, help="kimg per tick (status line) [default: 4, 20 for points]")),
+    ("--snap", "snap", dict(type=INT, default=50, show_default=True, help="Ticks between checkpoints and pictures.")),
+    ("--keep", "keep", dict(type=INT, default=5, show_default=True, help="Checkpoints kept (0 = all).")),
+    ("--workers", "workers", dict(type=INT, default=2, show_default=True, help="Data-loader worker processes.")),
     ("--metrics", "metrics", dict(type=str, default="", help="Comma-separated metrics at each checkpoint (e.g. toy).")),
     ("--amp", "amp", dict(type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
                           help="Mixed precision on GPU (autocast).")),
-    ("--device", "device", dict(type=str, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")),
+    ("--device", "device", dict(type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")),
     # speed (training/speed.py)
     ("--compile", "compile", dict(type=click.Choice(["off", "default", "reduce-overhead", "max-autotune",
                                                      "max-autotune-no-cudagraphs"]), default="off", show_default=True,
@@ -172,7 +138,17 @@ TRAIN_OPTIONS = [
     ("--threads", "threads", dict(type=int, default=None,
                                   help="CPU threads [default: 1 for point data, else the CPUs (split by ablate --jobs)].")),
     ("--tensorboard", "tensorboard", dict(is_flag=True, default=False, help="Also log to TensorBoard in the run folder.")),
+    ("--allow-nonfinite", "allow_nonfinite", dict(is_flag=True, default=False,
+                                                  help="Keep training when losses or weights become non-finite "
+                                                       "(default: stop with exit status 3 and keep the last finite "
+                                                       "checkpoint).")),
 ]
+FLAGS = {field: flag for flag, field, _ in TRAIN_OPTIONS}
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of a TrainConfig option."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def _config_from_cli(ctx, kwargs) -> tuple[TrainConfig, set]:
@@ -184,7 +160,7 @@ def _config_from_cli(ctx, kwargs) -> tuple[TrainConfig, set]:
         values[field] = v
     cfg = TrainConfig(**values)
     user = _user_set(ctx, [f for _, f, _ in TRAIN_OPTIONS])
-    cfg._user_set = set(user)
+    cfg.mark_user_set(user)
     return cfg, user
 
 
@@ -198,133 +174,11 @@ def _plugin_options_from_cli(kwargs, schemas) -> dict:
     return given
 
 
-def _run_description(cfg, names, data_name) -> str:
-    plugins = "-".join(names) if names else "none"
-    desc = f"{data_name}-{cfg.cfg}-{plugins}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", desc)[:120]
-
-
 def run_training(cfg: TrainConfig, plugin_names, plugin_options: dict, outdir: str,
                  resume: Optional[str] = None, dry_run: bool = False, log=None, device=None) -> Optional[str]:
-    """Everything ``ganstack train`` does after parsing; also used by ``ganstack ablate`` and tests.
-
-    Returns the run folder.
-    """
-    import torch
-
-    from ganstack.stylegan_base.datasets import open_dataset
-    from ganstack.training import checkpoint as ckpt_io
-    from ganstack.training import distributed
-    from ganstack.training.config import resolve, validate
-    from ganstack.training.loop import Trainer
-    from ganstack.training.plugin_manager import PluginStack
-
-    resume_ckpt = None
-    if resume:
-        resume_ckpt = ckpt_io.load(resume)
-        cfg, plugin_names, plugin_options = _merge_resume(cfg, plugin_names, plugin_options, resume_ckpt)
-
-    dev = device or cfg.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    rank, world, local_rank = distributed.init_from_env(torch.device(dev).type)
-    if torch.device(dev).type == "cuda" and world > 1:
-        dev = f"cuda:{local_rank}"
-
-    dataset = open_dataset(cfg.data, mirror=cfg.mirror, max_size=cfg.max_size, use_labels=cfg.cond)
-    info = dataset.info()
-    if torch.device(dev).type == "cpu":
-        from ganstack.training.speed import configure_threads
-        configure_threads(cfg.threads, kind=info["kind"])
-    if resume_ckpt is not None:
-        _check_dataset_compatible(resume_ckpt["dataset"], info, cfg.data)
-        validate(cfg, info, world)
-    else:
-        resolve(cfg, info, world)
-    stack = PluginStack(plugin_names, plugin_options)
-    stack.configure(cfg)
-    validate(cfg, info, world)
-
-    run_dir = None
-    if rank == 0:
-        run_dir = new_run_dir(outdir, _run_description(cfg, stack.names, info.get("name", "data")))
-    run_dir = distributed.broadcast_object(run_dir)
-    if log is None:
-        log = Tee(os.path.join(run_dir, "log.txt")) if rank == 0 else (lambda *_: None)
-    if rank == 0:
-        with open(os.path.join(run_dir, "training_options.json"), "wt") as f:
-            json.dump({"config": cfg.to_dict(), "plugins": stack.names, "plugin_options": stack.options_dict(),
-                       "dataset": info, "resume": resume_ckpt["path"] if resume_ckpt else None,
-                       "world_size": world}, f, indent=2)
-    log(f"Run folder:   {run_dir}")
-    log(f"Dataset:      {cfg.data} ({_describe_info(info)})")
-    log(f"Preset:       {cfg.cfg}  batch {cfg.batch}  glr {cfg.glr:g}  dlr {cfg.dlr:g}  gamma {cfg.gamma:g}  "
-        f"ema {cfg.ema_kimg:g} kimg" + (f" (rampup {cfg.ema_rampup:g})" if cfg.ema_rampup else "")
-        + f"  kimg {cfg.kimg:g}  GPUs {world}  device {dev}")
-    log(f"Plugins:      {', '.join(stack.names) or 'none'}" + (
-        "" if len(stack.names) < 2 else "   (pre-D augments run in this order)"))
-    for name in stack.names:
-        opts = ", ".join(f"{k}={v}" for k, v in stack.options[name].as_dict().items())
-        if opts:
-            log(f"  {name}: {opts}")
-    if dry_run:
-        log("Dry run: options are valid; exiting without training.")
-        return run_dir
-    trainer = Trainer(cfg, stack, dataset, run_dir=run_dir, resume=resume_ckpt, device=dev, log=log)
-    from ganstack.training.speed import attach_to_trainer  # until the loop enters the speed scopes itself
-    log(f"Speed:        {attach_to_trainer(trainer).describe()}, {torch.get_num_threads()} CPU thread(s)")
-    if resume_ckpt is not None:
-        log(f"Resuming from {resume_ckpt['path']} at {trainer.cur_nimg / 1000:.1f} kimg.")
-    n_g = sum(p.numel() for p in trainer.G.parameters())
-    n_d = sum(p.numel() for p in trainer.D.parameters())
-    log(f"Networks:     G {n_g / 1e6:.2f} M params, D {n_d / 1e6:.2f} M params")
-    trainer.run()
-    return run_dir
-
-
-def _describe_info(info) -> str:
-    if info["kind"] == "image":
-        s = f"{info['len']} images, {info['resolution']}x{info['resolution']}x{info['num_channels']}"
-    else:
-        s = f"{info['len']} points in {info['point_dim']}-D"
-    if info.get("label_dim"):
-        s += f", {info['label_dim']} label dims"
-    return s
-
-
-def _check_dataset_compatible(saved: dict, now: dict, spec: str):
-    keys = ["kind", "resolution", "num_channels", "point_dim", "label_dim"]
-    diff = [k for k in keys if saved.get(k) != now.get(k)]
-    if diff:
-        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs data {now.get(k)!r}" for k in diff)
-        raise CheckpointError(f"The checkpoint was trained on data of another shape than {spec!r} ({detail}). "
-                              f"Resume with the dataset it was trained on (--data {saved.get('name', '?')}).")
-
-
-def _merge_resume(cfg: TrainConfig, names, options, ckpt):
-    saved = TrainConfig.from_dict(ckpt["config"])
-    conflicts = []
-    for field in sorted(cfg._user_set):
-        if field in RESUME_MUTABLE:
-            continue
-        if getattr(cfg, field) != getattr(saved, field):
-            conflicts.append(f"--{field.replace('_', '-')} {getattr(cfg, field)!r} (checkpoint: {getattr(saved, field)!r})")
-    for field in cfg._user_set & RESUME_MUTABLE:
-        setattr(saved, field, getattr(cfg, field))
-    saved._user_set = set(saved._user_set) | (cfg._user_set & RESUME_MUTABLE)
-    if names is not None and parse_stack(names) != list(ckpt["plugins"]):
-        conflicts.append(f"--plugins {','.join(parse_stack(names)) or 'none'} "
-                         f"(checkpoint: {','.join(ckpt['plugins']) or 'none'})")
-    for plugin, opts in (options or {}).items():
-        for key, value in opts.items():
-            old = ckpt["plugin_options"].get(plugin, {}).get(key)
-            if str(old) != str(value):
-                conflicts.append(f"{_flag(plugin, key)} {value!r} (checkpoint: {old!r})")
-    if conflicts:
-        raise CheckpointError("A resumed run continues with the options of its checkpoint, but these differ: "
-                              + "; ".join(conflicts) + ". Drop them, or start a new run without --resume. "
-                              f"Only {', '.join('--' + f.replace('_', '-') for f in sorted(RESUME_MUTABLE))} may change.")
-    return saved, list(ckpt["plugins"]), ckpt["plugin_options"]
+    """Everything ``ganstack train`` does after parsing (:func:`ganstack.training.run.run_training`)."""
+    return _run_training(cfg, plugin_names, plugin_options, outdir, resume=resume, dry_run=dry_run, log=log,
+                         device=device, flag=flag_of)
 
 
 def make_train_command(schemas: dict) -> click.Command:
@@ -336,9 +190,13 @@ def make_train_command(schemas: dict) -> click.Command:
         click.Option(["--plugins"], type=str, default=None,
                      help="Comma-separated plugins in order, e.g. ada,diffusion (pre-D augments run in this order)."),
         click.Option(["--resume"], type=str, default=None,
-                     help="Continue exactly from a checkpoint file or the newest one in a run folder."),
+                     help="Continue exactly from a checkpoint file or the newest one in a run folder; only "
+                          + ", ".join(flag_of(f) for f in RESUME_MUTABLE) + " may change (--data: the same data "
+                          "at another path)."),
         click.Option(["--dry-run"], is_flag=True, default=False, help="Check the options, print them, and exit."),
     ]
+    from ganstack.training import launch  # --gpus, --nodes, --launcher slurm (launch.py)
+    params += launch.train_click_options()
     for plugin, schema in schemas.items():
         for opt in schema:
             default = "unset" if opt.default is None else opt.default
@@ -348,6 +206,8 @@ def make_train_command(schemas: dict) -> click.Command:
 
     def callback(**kwargs):
         ctx = click.get_current_context()
+        if launch.wants_launch(kwargs):  # other processes train: torch.distributed.run or a SLURM job
+            return launch.launch_train(ctx, kwargs)
         cfg, _ = _config_from_cli(ctx, kwargs)
         options = _plugin_options_from_cli(kwargs, schemas)
         names = kwargs["plugins"]
@@ -371,22 +231,23 @@ def make_train_command(schemas: dict) -> click.Command:
 
 @click.command("generate")
 @click.option("--network", "network", required=True, help="Checkpoint file or run folder (newest snapshot).")
-@click.option("--seeds", type=str, default="0-15", show_default=True, help="Seeds, e.g. 0-63 or 1,5,9 (images).")
-@click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, help="Truncation psi.")
-@click.option("--class", "class_idx", type=int, default=None, help="Class label (conditional models).")
+@click.option("--seeds", type=SEED_LIST, default="0-15", show_default=True, help="Seeds, e.g. 0-63 or 1,5,9 (images).")
+@click.option("--trunc", "truncation_psi", type=finite_float(), default=1.0, show_default=True, help="Truncation psi.")
+@click.option("--class", "class_idx", type=int_range(0), default=None, help="Class label (conditional models).")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
 @click.option("--outdir", type=str, default="out", show_default=True, help="Where images go.")
 @click.option("--grid", is_flag=True, default=False, help="Also write all seeds as one grid image.")
-@click.option("--n", "n_points", type=int, default=2000, show_default=True, help="Number of samples (point data).")
-@click.option("--out", "out_file", type=str, default=None, help="Output .npy file (point data).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for point samples.")
-@click.option("--device", type=str, default="auto", show_default=True)
+@click.option("--n", "n_points", type=int_range(1), default=2000, show_default=True, help="Number of samples (point data).")
+@click.option("--out", "out_file", type=str, default=None, help="Output .npy file (point data) [default: OUTDIR/samples.npy].")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for point samples.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 def generate_command(network, seeds, truncation_psi, class_idx, noise_mode, outdir, grid, n_points, out_file, seed,
                      device):
     """Draw samples from a checkpoint through its plugins' sampler.
 
     Images: one PNG per seed (seed{N}.png). Point data: a .npy file of shape [n, D] and a scatter
-    plot PNG beside it.
+    plot PNG beside it. Every file is written to a temporary name and renamed when complete, so a
+    failure or Ctrl-C never leaves a partial file and never replaces an existing one with a bad one.
     """
     import numpy as np
     import torch
@@ -394,57 +255,77 @@ def generate_command(network, seeds, truncation_psi, class_idx, noise_mode, outd
     from ganstack.training.inference import load_model
     from ganstack.training.snapshots import grid_shape, save_image_grid, save_scatter_panels
 
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    model = load_model(network, device=dev)
+    # Everything that can be checked before loading or sampling is checked first.
+    if out_file is not None:
+        check_output_file(out_file, "--out", suffix=".npy")
+    else:
+        check_output_dir(outdir, "--outdir")
+    dev = resolve_device(device)
+    model = load_model(network, device=dev, flag="--network")
     G = model.G
-    if model.data_info["kind"] == "image" and out_file:
+    kind = model.data_info["kind"]
+    if kind == "image" and out_file:
         raise ConfigError("--out FILE.npy is for point data; this model makes images, use --outdir.")
+    if kind == "image":
+        check_output_dir(outdir, "--outdir")
+    if G.c_dim:
+        if class_idx is None:
+            raise ConfigError(f"This model is class-conditional ({G.c_dim} classes): give --class in 0..{G.c_dim - 1}.")
+        if class_idx >= G.c_dim:
+            raise ConfigError(f"--class {class_idx} is out of range; this model has classes 0..{G.c_dim - 1}.")
+    elif class_idx is not None:
+        click.echo("warning: --class ignored, the model is unconditional", err=True)
 
     def labels(n):
         c = torch.zeros([n, G.c_dim], device=dev)
         if G.c_dim:
-            if class_idx is None:
-                raise ConfigError(f"This model is class-conditional ({G.c_dim} classes): give --class in "
-                                  f"0..{G.c_dim - 1}.")
-            if not 0 <= class_idx < G.c_dim:
-                raise ConfigError(f"--class {class_idx} is out of range; this model has classes 0..{G.c_dim - 1}.")
             c[:, class_idx] = 1
-        elif class_idx is not None:
-            click.echo("warning: --class ignored, the model is unconditional", err=True)
         return c
 
+    def finite(x, what):
+        if not bool(torch.isfinite(torch.as_tensor(x)).all()):
+            raise CheckpointError(f"The generator of {model.checkpoint['path']!r} produced NaN or infinite values "
+                                  f"for {what}: its weights are not finite (the run diverged). Nothing was written; "
+                                  f"use an earlier snapshot of the run.")
+
     G_kwargs = dict(truncation_psi=truncation_psi, noise_mode=noise_mode)
-    if model.data_info["kind"] == "image":
-        seed_list = parse_range(seeds)
+    if kind == "image":
         os.makedirs(outdir, exist_ok=True)
         imgs = []
-        for s in seed_list:
+        for s in seeds:
             z = torch.from_numpy(np.random.RandomState(s).randn(1, G.z_dim)).float().to(dev)
             torch.manual_seed(s)
             img = model.sample(z, labels(1), **G_kwargs)
-            imgs.append(img.cpu())
-            save_image_grid(img, os.path.join(outdir, f"seed{s:04d}.png"), (1, 1))
-        click.echo(f"Wrote {len(seed_list)} images to {outdir}/")
+            finite(img, f"seed {s}")
+            if grid:
+                imgs.append(img.cpu())
+            with atomic_path(os.path.join(outdir, f"seed{s:04d}.png")) as tmp:
+                save_image_grid(img, tmp, (1, 1))
+        click.echo(f"Wrote {len(seeds)} image{'s' if len(seeds) != 1 else ''} to {outdir}/")
         if grid:
             gw, _ = grid_shape(model.data_info["resolution"])
             gw = min(gw, len(imgs))
             gh = (len(imgs) + gw - 1) // gw
             path = os.path.join(outdir, "grid.png")
-            save_image_grid(torch.cat(imgs), path, (gw, gh))
+            with atomic_path(path) as tmp:
+                save_image_grid(torch.cat(imgs), tmp, (gw, gh))
             click.echo(f"Wrote {path}")
     else:
         out_file = out_file or os.path.join(outdir, "samples.npy")
-        os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
         torch.manual_seed(seed)
         g = torch.Generator(device=dev).manual_seed(seed)
         z = torch.randn([n_points, G.z_dim], generator=g, device=dev)
         x = model.sample(z, labels(n_points), **G_kwargs).cpu().numpy()
-        np.save(out_file, x)
+        finite(x, f"{n_points} samples")
+        with atomic_path(out_file) as tmp:
+            np.save(tmp, x)
         png = os.path.splitext(out_file)[0] + ".png"
         centers = model.data_info.get("toy", {}).get("centers")
-        save_scatter_panels([(f"{n_points} samples", x)], png,
-                            centers=None if centers is None else np.asarray(centers))
-        click.echo(f"Wrote {out_file} ({x.shape[0]} x {x.shape[1]}) and {png}")
+        with atomic_path(png) as tmp:
+            plotted = save_scatter_panels([(f"{n_points} samples", x)], tmp,
+                                          centers=None if centers is None else np.asarray(centers))
+        click.echo(f"Wrote {out_file} ({x.shape[0]} x {x.shape[1]})" + (f" and {png}" if plotted else
+                                                                          " (no scatter plot: matplotlib is missing)"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -495,6 +376,12 @@ def plugins_show(name):
         click.echo("\n" + "\n".join("  " + line.strip() for line in doc.splitlines()))
     hooks = [h for h in hook_names() if hasattr(getattr(obj, h, None), "ganstack_impl")]
     click.echo(f"\nHooks: {', '.join(hooks) or '(none)'}")
+    click.echo("Declarations:")
+    for line in declared_capabilities(obj).describe():
+        click.echo(f"  {line}")
+    for opt in plugin_option_schema(obj):
+        for value, feats in dict(opt.requires).items():
+            click.echo(f"  {_flag(name, opt.name)} {value} requires: {', '.join([feats] if isinstance(feats, str) else feats)}")
     schema = plugin_option_schema(obj)
     if not schema:
         click.echo("Options: (none)")
@@ -534,26 +421,17 @@ def build_cli() -> click.Group:
 
 
 def main(argv=None):
-    """Console entry point: user errors print one paragraph and exit 2; no traceback."""
-    try:
+    """Console entry point: every failure prints one paragraph and exits non-zero, no traceback.
+
+    Bad input (GanstackError, click usage errors) exits 2; the environment (a full disk, permissions, a
+    file where a folder should be, out of memory) exits 1; a bug in ganstack also exits 1, with its
+    traceback written to a crash file named in the message (see ``stylegan_base/cli_support.py``).
+    """
+    def invoke():
         cli = build_cli()
         cli.main(args=argv, prog_name="ganstack", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except GanstackError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        if os.environ.get("GANSTACK_DEBUG"):
-            traceback.print_exc()
-        sys.exit(2)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+
+    run_main(invoke)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ change options in their ``configure`` hook, but only those the user did not set
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import Optional
 
 from ganstack.training.api import ConfigError
+from ganstack.training.options import RunOptions
 
 # StyleGAN2-ADA (Karras et al. 2020), train.py: cfg_specs.
 #   mb: total batch, mbstd: minibatch-std group, fmaps: channel_base / 32768, lrate: G and D lr,
@@ -27,36 +29,35 @@ PRESETS = {
     # hidden layers. Not a StyleGAN2-ADA preset; lr chosen by a small sweep (lr 2e-4/1e-3, Adam betas
     # (0, 0.99)/(0.5, 0.9), z_dim 2/32) on toy:gaussians25, where 1e-3 with StyleGAN's betas covered the
     # most modes; 1000 kimg take about 30 s on a 2-core CPU.
-    "toy":       dict(ref_gpus=1, kimg=1000,   mb=256, mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0),
+    "toy":       dict(ref_gpus=1, kimg=1000,   mb=64,  mbstd=0, fmaps=0,   lrate=0.001,  gamma=0.0,  ema=1,   ramp=None, map=0,
+                      betas=(0.5, 0.999)),
 }
+MAX_BATCH = 1 << 20  # a sanity bound: StyleGAN2-ADA uses 32-64, the 2-D MLP experiments a few hundred
+STYLEGAN2_BETAS = (0.0, 0.99)  # Adam betas of every image preset (StyleGAN2-ADA train.py)
 IMAGE_PRESETS = ("auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar")
 ALL_PRESETS = IMAGE_PRESETS + ("toy",)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     """Every option of a training run (saved in checkpoints).
 
     Names follow StyleGAN2-ADA / StyleGAN3 ``train.py`` where the concept exists there.
     ``None`` means "take it from the preset".
     """
 
-    # data
-    data: str = "toy:gaussians25"
-    cond: bool = False
-    mirror: bool = False
-    max_size: Optional[int] = None
+    # data: data, cond, mirror, max_size (RunOptions)
     # preset and length
     cfg: str = "auto"
     kimg: Optional[float] = None
     seed: int = 0
     batch: Optional[int] = None
     batch_gpu: Optional[int] = None
-    # optimisation (Adam betas (0, 0.99), eps 1e-8 for StyleGAN2)
+    # optimisation (Adam eps 1e-8; betas from the preset: (0, 0.99) for StyleGAN2's, (0.5, 0.999) for toy)
     glr: Optional[float] = None
     dlr: Optional[float] = None
-    g_betas: tuple = (0.0, 0.99)
-    d_betas: tuple = (0.0, 0.99)
+    g_betas: Optional[tuple] = None
+    d_betas: Optional[tuple] = None
     adam_eps: float = 1e-8
     ema_kimg: Optional[float] = None
     ema_rampup: Optional[float] = None
@@ -90,6 +91,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "off"
     tensorboard: bool = False
+    allow_nonfinite: bool = False
     # speed (training/speed.py): switchable one by one, all off by default
     compile: str = "off"
     mp_res: int = 0
@@ -100,50 +102,8 @@ class TrainConfig:
     threads: Optional[int] = None
     # resolved, not options
     ref_gpus: int = 1
-    _user_set: set = field(default_factory=set, repr=False, compare=False)
 
-    def is_user_set(self, name: str) -> bool:
-        """True when the user gave ``name`` explicitly (plugins must not override those)."""
-        return name in self._user_set
-
-    def set_default(self, name: str, value) -> bool:
-        """Set ``name`` unless the user set it; return whether it was set. For plugin presets."""
-        if not hasattr(self, name) or name.startswith("_"):
-            raise AttributeError(f"TrainConfig has no option {name!r}")
-        if self.is_user_set(name):
-            return False
-        setattr(self, name, value)
-        return True
-
-    def to_dict(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.name.startswith("_"):
-                continue
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        out["user_set"] = sorted(self._user_set)
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        user_set = set(d.pop("user_set", []))
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"The checkpoint's training options include {unknown}, which this version of "
-                              f"ganstack does not know. Use the ganstack version that wrote it.")
-        for key in ("g_betas", "d_betas", "metrics"):
-            if key in d and isinstance(d[key], list):
-                d[key] = tuple(d[key])
-        cfg = cls(**d)
-        cfg._user_set = user_set
-        return cfg
-
-    @property
-    def total_nimg(self) -> int:
-        return int(round(self.kimg * 1000))
+    TUPLE_FIELDS = ("g_betas", "d_betas", "metrics")
 
 
 def resolve(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> TrainConfig:
@@ -186,6 +146,8 @@ def resolve(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> TrainConf
     fill("gamma", spec["gamma"])
     fill("ema_kimg", spec["ema"])
     fill("ema_rampup", spec["ramp"])
+    fill("g_betas", tuple(spec.get("betas", STYLEGAN2_BETAS)))
+    fill("d_betas", tuple(spec.get("betas", STYLEGAN2_BETAS)))
     cfg.ref_gpus = spec["ref_gpus"]
     if kind == "image":
         fill("map_depth", spec["map"])
@@ -217,8 +179,33 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    # Options given through the API or ``ablate --set`` have not passed the CLI's click types: check them here.
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        for x in (v if isinstance(v, tuple) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {x}.")
+    ints = ("batch", "batch_gpu", "z_dim", "w_dim", "cbase", "cmax", "mlp_hidden", "mlp_layers", "workers",
+            "mbstd_group", "map_depth", "pl_interval", "r1_interval", "pl_batch_shrink", "snap", "image_snap", "keep")
+    for name in ints:
+        v = getattr(cfg, name)
+        need(v is None or (isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 2 ** 31 - 1),
+             f"--{name.replace('_', '-')} must be a whole number, got {v!r}.")
+    for name in ("kimg", "glr", "dlr", "gamma", "pl_weight", "style_mixing", "ema_kimg", "tick", "adam_eps"):
+        v = getattr(cfg, name)
+        need(isinstance(v, (int, float)) and not isinstance(v, bool), f"--{name.replace('_', '-')} must be a number, got {v!r}.")
+    for name, lo in (("z_dim", 1), ("w_dim", 1), ("cmax", 1), ("mlp_hidden", 1), ("mlp_layers", 1), ("workers", 0),
+                     ("mbstd_group", 0), ("map_depth", 0)):
+        need(getattr(cfg, name) >= lo, f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(cfg, name)}.")
+    need(isinstance(cfg.seed, int) and 0 <= cfg.seed <= 2 ** 32 - 1, f"--seed must be in 0..{2 ** 32 - 1}, got {cfg.seed!r}.")
+    need(cfg.max_size is None or (isinstance(cfg.max_size, int) and cfg.max_size >= 1),
+         f"--max-size must be a positive whole number, got {cfg.max_size!r}.")
+    if data_info["kind"] == "image":
+        need(cfg.cbase >= 1, f"--cbase must be >= 1, got {cfg.cbase}.")
     need(cfg.kimg > 0, f"--kimg must be positive, got {cfg.kimg}.")
     need(cfg.batch >= 1, f"--batch must be at least 1, got {cfg.batch}.")
+    need(cfg.batch <= MAX_BATCH, f"--batch {cfg.batch} is larger than any GAN recipe uses (at most {MAX_BATCH:,}); "
+                                 f"a batch this size would not fit in memory.")
     need(cfg.batch % world_size == 0,
          f"--batch {cfg.batch} must be divisible by the number of GPUs ({world_size}).")
     per_gpu = cfg.batch // world_size
@@ -252,6 +239,9 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
         need(cfg.d_architecture in ("orig", "skip", "resnet"),
              f"--d-architecture must be orig, skip or resnet, got {cfg.d_architecture!r}.")
         need(2 <= cfg.map_depth <= 8, f"--map-depth must be in [2, 8] (StyleGAN2), got {cfg.map_depth}.")
+    if cfg.device != "auto":
+        from ganstack.stylegan_base.cli_support import check_device
+        check_device(cfg.device)
     if cfg.cond:
         need(data_info.get("label_dim", 0) > 0,
              f"--cond needs labels, but {cfg.data!r} has none (add a dataset.json with labels).")

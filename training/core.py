@@ -4,6 +4,8 @@ It builds the backbone networks, makes fakes with ``G(z, c)``, and declares the 
 regularizers: R1 on D (every ``--r1-interval`` = 16 steps, weight ``gamma / 2``) and path length on G
 (every ``--pl-interval`` = 4 steps, weight ``--pl-weight`` = 2, batch shrink 2, decay 0.01).
 It is registered first, so every enabled plugin runs before it and can replace what it provides.
+Path length and style mixing need a generator with a W space (the ``w_space`` feature); when the stack's
+generator has none they default to 0, and an explicit non-zero value is refused.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import math
 import torch
 
 from ganstack.stylegan_base import networks
-from ganstack.training.api import DInput, LazyRegularizer, hookimpl
+from ganstack.training.api import Capabilities, DInput, LazyRegularizer, PluginError, hookimpl
 
 
 def r1_penalty(D_out_fn, real: DInput) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,12 +43,30 @@ def path_length_penalty(img: torch.Tensor, ws: torch.Tensor, pl_mean: torch.Tens
 
 
 class CorePlugin:
-    """StyleGAN2 defaults. Its state is the path-length running mean."""
+    """StyleGAN2 defaults: backbone G and D, the sampler G(z, c), R1 and path length. Its state is the
+    path-length running mean."""
 
     name = "core"
+    # The StyleGAN2 G (images) and the MLP G (points) both map one latent to one sample; only the StyleGAN2 G
+    # has a W space.
+    capabilities = Capabilities(provides="one_latent_per_sample, sample_fakes, one_step",
+                                provides_on={"image": "w_space"}, d_input=None)
 
     def __init__(self):
         self.pl_mean = torch.zeros([])
+
+    @hookimpl
+    def configure(self, cfg, features):
+        if "w_space" in features:
+            return
+        for name, what in (("pl_weight", "StyleGAN2's path-length regularizer"), ("style_mixing", "style mixing")):
+            cfg.set_default(name, 0.0)
+            value = getattr(cfg, name)
+            if value:
+                flag = "--" + name.replace("_", "-")
+                raise PluginError(f"{flag} {value:g} asks for {what}, which needs a generator with a W space "
+                                  f"(per-layer styles ws); this stack's generator has none (the 'w_space' feature "
+                                  f"is missing: the MLP toy backbone, or a plugin's own G). Use {flag} 0.")
 
     @hookimpl
     def build_generator(self, kwargs, data_info):
@@ -81,8 +101,6 @@ class CorePlugin:
 
     def _pl(self, ctx, cfg):
         n = max(ctx.z.shape[0] // cfg.pl_batch_shrink, 1)
-        if not hasattr(ctx.G, "num_ws"):
-            raise RuntimeError("path-length regularization needs a StyleGAN generator with ws; set --pl-weight 0")
         img, ws = ctx.G(ctx.z[:n], ctx.c[:n], style_mixing_prob=cfg.style_mixing, return_ws=True)
         self.pl_mean = self.pl_mean.to(img.device)
         penalty, new_mean = path_length_penalty(img, ws, self.pl_mean, cfg.pl_decay)

@@ -7,7 +7,10 @@ needs no state beyond ``cur_nimg``.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
+
 import torch
 
 
@@ -69,9 +72,17 @@ class RealStream:
             self._indices = iter(self.sampler)
             self._loader = None
         else:
-            self._loader = iter(torch.utils.data.DataLoader(
-                dataset, sampler=self.sampler, batch_size=batch_gpu, num_workers=workers,
-                pin_memory=self.device.type == "cuda", prefetch_factor=2, persistent_workers=True))
+            from ganstack.training.run import stop_signals_ignored, worker_ignores_stop_signals
+            # Workers ignore the stop signals (the main process handles them and checkpoints): a SIGTERM to the
+            # whole process group must not kill them first. They inherit the ignored disposition at start.
+            with stop_signals_ignored():
+                self._loader = iter(torch.utils.data.DataLoader(
+                    dataset, sampler=self.sampler, batch_size=batch_gpu, num_workers=workers,
+                    pin_memory=self.device.type == "cuda", prefetch_factor=2, persistent_workers=True,
+                    worker_init_fn=worker_ignores_stop_signals))
+            # The workers ignore SIGTERM, which is also how multiprocessing ends daemonic children at interpreter
+            # exit: a stream nobody closed would hang the exit there. Shut them down properly first.
+            self._finalizer = weakref.finalize(self, _shutdown_loader, self._loader)
 
     def __next__(self):
         if self._loader is not None:
@@ -85,3 +96,22 @@ class RealStream:
 
     def __iter__(self):
         return self
+
+    def close(self) -> None:
+        """Stop the worker processes (the stream cannot be read afterwards). After this, a worker that died does
+        not raise in the main process any more."""
+        loader, self._loader = self._loader, None
+        if loader is not None:
+            self._finalizer()
+            del loader
+        self._indices = iter(())
+
+
+def _shutdown_loader(loader) -> None:
+    """Stop a DataLoader iterator's worker processes (they exit on their queue's sentinel)."""
+    shutdown = getattr(loader, "_shutdown_workers", None)
+    if shutdown is not None:
+        try:
+            shutdown()
+        except Exception:  # noqa: BLE001 - workers already gone
+            pass

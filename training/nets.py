@@ -2,21 +2,13 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from ganstack.training.api import ConfigError
+from ganstack.training.api import ConfigError, DiscriminatorProtocol, GeneratorProtocol, Networks, PluginError
 
-
-@dataclass
-class Networks:
-    """The trained networks of a run. ``G_ema`` is made from ``G`` after ``modify_networks``."""
-
-    G: torch.nn.Module
-    D: torch.nn.Module
-    G_ema: Optional[torch.nn.Module] = None
+__all__ = ["Networks", "ema_beta", "update_ema", "backbone_kwargs", "build_networks", "check_protocols"]
 
 
 def ema_beta(batch: int, cur_nimg: int, halflife_kimg: float, rampup_ratio: Optional[float] = None) -> float:
@@ -62,21 +54,36 @@ def backbone_kwargs(cfg, data_info: dict) -> tuple[dict, dict]:
     return G_kwargs, D_kwargs
 
 
+def check_protocols(nets: Networks, stack=None) -> None:
+    """G and D declare the protocol attributes, and a declared W space exists (clear errors, no getattr probing)."""
+    for role, net, proto in (("G", nets.G, GeneratorProtocol), ("D", nets.D, DiscriminatorProtocol)):
+        if not isinstance(net, proto):
+            missing = [a for a in proto.__annotations__ if not hasattr(net, a)]
+            who = stack.filler(role) if stack is not None else "?"
+            raise PluginError(f"The {role} built by {who} ({type(net).__name__}) lacks the attribute(s) "
+                              f"{', '.join(missing)} that every {role} declares "
+                              f"(ganstack.api.{proto.__name__}); add them to the network class.")
+    if stack is not None and "w_space" in stack.features and nets.G.num_ws is None:
+        raise PluginError(f"The stack declares a W space (w_space) but its G ({type(nets.G).__name__}, from "
+                          f"{stack.filler('G')}) has num_ws None; declare num_ws/w_dim or drop the w_space claim.")
+
+
 def build_networks(stack, cfg, data_info: dict, device="cpu") -> Networks:
     """Build G, D (and G_ema) through ``network_kwargs``, ``build_*`` and ``modify_networks``.
 
     Construction draws from the global torch RNG, so the caller seeds it first for reproducibility.
     """
     G_kwargs, D_kwargs = backbone_kwargs(cfg, data_info)
-    G_kwargs = stack.chain("network_kwargs", "kwargs", G_kwargs, role="G", data_info=data_info, cfg=cfg)
-    D_kwargs = stack.chain("network_kwargs", "kwargs", D_kwargs, role="D", data_info=data_info, cfg=cfg)
+    G_kwargs = stack.hooks.network_kwargs(G_kwargs, role="G", data_info=data_info, cfg=cfg)
+    D_kwargs = stack.hooks.network_kwargs(D_kwargs, role="D", data_info=data_info, cfg=cfg)
     try:
-        G = stack.first("build_generator", kwargs=G_kwargs, data_info=data_info, cfg=cfg)
-        D = stack.first("build_discriminator", kwargs=D_kwargs, data_info=data_info, cfg=cfg)
+        G = stack.hooks.build_generator(kwargs=G_kwargs, data_info=data_info, cfg=cfg)
+        D = stack.hooks.build_discriminator(kwargs=D_kwargs, data_info=data_info, cfg=cfg)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"The networks cannot be built with these options: {exc}") from exc
     nets = Networks(G=G, D=D)
-    nets = stack.chain("modify_networks", "nets", nets, cfg=cfg)
+    nets = stack.hooks.modify_networks(nets, cfg=cfg, data_info=data_info)
+    check_protocols(nets, stack)
     nets.G.train().requires_grad_(False).to(device)
     nets.D.train().requires_grad_(False).to(device)
     nets.G_ema = copy.deepcopy(nets.G).eval()

@@ -16,7 +16,8 @@ flags):
   losses stay float32. ``fp16`` is CUDA only (StyleGAN2-ADA); ``bf16`` also runs on a CPU. The config
   layer sets ``conv_clamp = 256`` when ``mp_res > 0``, as the official configs do.
 * ``channels_last`` (``--channels-last``): NHWC activations and conv weights in the image blocks.
-* ``tf32`` (``--tf32``): TF32 matmuls and convolutions on Ampere and newer GPUs (StyleGAN2-ADA: off).
+* ``tf32`` (``--tf32``): TF32 matmuls and convolutions on Ampere and newer GPUs (StyleGAN2-ADA: off). Off
+  leaves torch's own defaults (TF32 convolutions on, matmuls off), so a run without speed options is unchanged.
 * ``sync_debug`` (``--sync-debug``): inside :meth:`SpeedRuntime.step`, any operation that waits for the
   GPU raises (``torch.cuda.set_sync_debug_mode('error')``); on a CPU run the same scope records the
   operations that *would* wait on a GPU (``.item()``, ``float(t)``, ``bool(t)``, ``.tolist()``,
@@ -24,17 +25,19 @@ flags):
   and raises on the first one (:class:`HostSyncError`). :func:`record_host_syncs` lists them without
   raising.
 
-How the loop uses it (three calls)::
+How the loop uses it: the ``Trainer`` (training/loop.py) asks :func:`accelerator_for` for its accelerator.
+With every option off that is None and the loop runs its plain ``Accelerator`` (bitwise the training of a
+run without this module). Otherwise a :class:`SpeedAccelerator` applies the options once to the networks
+(:func:`apply_speed_options`, after the ``start_training`` hooks, before the optimizers) and enters two
+scopes::
 
-    rt = apply_speed_options(nets, cfg, device)          # once, after the networks are built
     with rt.step():                                      # around one training step (sync-debug scope)
         for phase, ... in phases:
-            with rt.phase(phase, double_backward=...):   # around accumulate_gradients of one phase
+            with rt.phase(phase, double_backward=...):   # around the phase's accumulate_gradients
                 ...
 
-``double_backward`` defaults to ``phase.endswith('reg')``; a main phase that evaluates an interval-1
-regularizer (R1 every step) passes ``True``. :func:`attach_to_trainer` does this wiring on an existing
-``Trainer`` object, for benchmarks and tests.
+``double_backward`` is true for the lazy phases (``Greg``, ``Dreg``) and for a main phase that evaluates a
+regularizer (R1 every step): those run the compiled networks eagerly.
 
 CPU threads: :func:`configure_threads` (called by ``ganstack train`` on a CPU) sets 1 intra-op thread for
 point data and keeps the CPU count (or ``ablate --jobs``' share of it) for images; ``training/cli.py``
@@ -386,7 +389,7 @@ class SpeedRuntime:
         self.compiled = []
 
 
-def apply_speed_options(nets, cfg, device) -> SpeedRuntime:
+def apply_speed_options(nets, cfg, device, dynamic: Optional[bool] = False) -> SpeedRuntime:
     """Apply ``cfg``'s speed options to ``nets`` (an object with ``G``, ``D`` and optionally ``G_ema``) in
     place and return the :class:`SpeedRuntime` whose scopes the loop enters. Call it once, after the
     networks are built and moved to ``device`` (before or after the optimizers: no parameter is replaced).
@@ -396,9 +399,9 @@ def apply_speed_options(nets, cfg, device) -> SpeedRuntime:
     if msg:
         raise ValueError(msg)
     device = torch.device(device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = bool(opts.tf32)
-        torch.backends.cudnn.allow_tf32 = bool(opts.tf32)
+    if device.type == "cuda" and opts.tf32:  # off: torch's defaults stay (as in a run without speed options)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     G, D, G_ema = nets.G, nets.D, getattr(nets, "G_ema", None)
     mp = {}
     if opts.mp_res or opts.channels_last:
@@ -409,40 +412,53 @@ def apply_speed_options(nets, cfg, device) -> SpeedRuntime:
     compiled = []
     if opts.compile != "off":
         for net in (G, D):
-            compile_module(net, opts.compile)
+            compile_module(net, opts.compile, dynamic=dynamic)
             compiled.append(net)
     return SpeedRuntime(opts, device, compiled, mp)
 
 
-def optimizer_kwargs(device) -> dict:
-    """Extra ``torch.optim.Adam`` arguments for the loop's optimizers: on CUDA the fused kernel (a few
-    launches per step instead of ~12 multi-tensor launches per parameter list); nothing on a CPU."""
-    return {"fused": True} if torch.device(device).type == "cuda" else {}
+class SpeedAccelerator:
+    """The loop's accelerator (:class:`ganstack.training.loop.Accelerator`'s three methods) for a run with speed
+    options: applies them to the networks, and enters :meth:`SpeedRuntime.step` around each training step and
+    :meth:`SpeedRuntime.phase` around each phase. ``dynamic`` is torch.compile's (benchmarks try others)."""
+
+    def __init__(self, cfg, device, dynamic: Optional[bool] = False):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.dynamic = dynamic
+        self.runtime: Optional[SpeedRuntime] = None
+
+    def wrap_networks(self, nets):
+        self.runtime = apply_speed_options(nets, self.cfg, self.device, dynamic=self.dynamic)
+        return nets
+
+    def wrap_step(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def step():
+            with self.runtime.step():
+                return fn()
+        return step
+
+    def phase(self, name: str, double_backward: bool):
+        return self.runtime.phase(name, double_backward=double_backward)
+
+    def describe(self) -> str:
+        return self.runtime.describe() if self.runtime is not None else SpeedOptions.from_config(self.cfg).describe()
 
 
-def attach_to_trainer(trainer, rt: Optional[SpeedRuntime] = None) -> SpeedRuntime:
-    """Wire a :class:`SpeedRuntime` into an existing ``Trainer`` object (``step`` and the loss's
-    ``accumulate_gradients``) without editing the loop: what the loop does natively once it calls
-    :meth:`SpeedRuntime.step` and :meth:`SpeedRuntime.phase` itself. For benchmarks and tests."""
-    if rt is None:
-        rt = apply_speed_options(trainer.nets, trainer.cfg, trainer.device)
-    loss = trainer.loss
-    inner_acc: Callable = loss.accumulate_gradients
-    inner_step: Callable = trainer.step
+def describe_speed(trainer) -> str:
+    """The ``Speed:`` line of a run's log: the speed options in effect and the CPU threads."""
+    acc = getattr(trainer, "accelerator", None)
+    what = acc.describe() if isinstance(acc, SpeedAccelerator) else SpeedOptions.from_config(trainer.cfg).describe()
+    return f"{what}, {torch.get_num_threads()} CPU thread(s)"
 
-    def accumulate_gradients(ctx, scale=1.0):
-        every_step = any(r.interval == 1 for r in loss.regs.get(ctx.net, []))
-        with rt.phase(ctx.phase, double_backward=ctx.phase.endswith("reg") or every_step):
-            return inner_acc(ctx, scale=scale)
 
-    def step():
-        with rt.step():
-            return inner_step()
-
-    loss.accumulate_gradients = accumulate_gradients
-    trainer.step = step
-    trainer.speed = rt
-    return rt
+def accelerator_for(cfg, device) -> Optional[SpeedAccelerator]:
+    """The accelerator for ``cfg``'s speed options, or None when all are off (the loop then runs exactly as
+    without this module: same operations, bitwise the same training)."""
+    opts = SpeedOptions.from_config(cfg)
+    if opts.compile == "off" and not (opts.mp_res or opts.channels_last or opts.tf32 or opts.sync_debug):
+        return None
+    return SpeedAccelerator(cfg, device)
 
 
 # ------------------------------------------------------------------------------------------------

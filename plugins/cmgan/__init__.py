@@ -21,6 +21,12 @@ t_N = T = sigma_max`` (rho 7) and noises this phase's real batch: ``x_{t_{n+1}} 
   far from the teacher (digits FID 88.7 vs 25.7 with ``sum`` and 26.1 for plain CD). Pure CD (``cd`` mode)
   is practically unaffected: Adam's update does not depend on a constant loss scale.
 
+**Noise levels follow the data's scale.** CM/EDM's sigma_min 0.002 and sigma_max 80 are for images of
+sigma_data 0.5. By default (``--cmgan-sigma-min/--cmgan-sigma-max 0``) point data gets both scaled by its
+std / 0.5 (``info()['data_std']``), so a user's .npy at another spacing gets the same grid relative to the
+data, and t in Eq. 6's weighting is measured in units of ``sigma_max / 80``: alpha keeps the paper's meaning
+(on images, or with sigma_max 80 given, the weighting is Eq. 6 as printed).
+
 The same forward pass ``f_theta(x_{t_{n+1}}, t_{n+1})`` feeds D and the CD term, so the adversarial loss
 sees the levels ``t_2 .. t_N`` (``t_N = T`` is the one-step generator itself) rather than Eq. 9's
 ``t_1 .. t_{N-1}``; at ``t_1`` the output is the real image itself (the boundary condition), which carries
@@ -69,16 +75,13 @@ import torch
 from ganstack.plugins.cmgan.consistency import (ConsistencyFunction, cd_distance, cd_weighting, consistency_scalings,
                                        karras_grid, multistep_sample, ode_step, parse_sample_ts, update_target)
 from ganstack.stylegan_base.errors import CheckpointError
-from ganstack.training.api import DInput, Option, Plugin, PluginError, hookimpl
+from ganstack.training.api import Capabilities, DInput, Option, Plugin, PluginError, hookimpl
 
 __all__ = ["CMGANPlugin", "ConsistencyFunction", "cd_distance", "cd_weighting", "consistency_scalings",
            "karras_grid", "multistep_sample", "ode_step", "update_target"]
 
 MODES = ("cmgan", "cd", "gan")
-_INCOMPATIBLE = {
-    "clr": "CLR-GAN reconstructs reals as G(phi(x)) from a latent predicted by D, but f_theta's input is "
-           "image-shaped noise at sigma_max, so that reconstruction has no meaning",
-}
+EDM_SIGMAS = (0.002, 80.0)  # CM/EDM's sigma_min, sigma_max for images of sigma_data 0.5
 
 
 def _arch_for(data_info: dict, c_dim: int, opts) -> dict:
@@ -102,6 +105,11 @@ def _same_arch(a: dict, b: dict) -> bool:
 class CMGANPlugin(Plugin):
     """CM-GAN: consistency model f_theta as G, consistency-distillation loss plus adversarial loss (Lu et al. 2023)."""
 
+    # Replaces G and the sampler (its hooks say so). f_theta's training fakes f(x_{t_{n+1}}, t_{n+1}) are
+    # predictions of clean data; f_theta has no W space and its input is image-shaped noise, not one latent vector
+    # a D head could predict (so it declares neither w_space nor one_latent_per_sample).
+    capabilities = Capabilities(provides="sample_fakes")
+
     def __init__(self):
         self.opts = None
         self.grid: Optional[torch.Tensor] = None  # ascending t_1 .. t_N (float64, CPU)
@@ -110,9 +118,7 @@ class CMGANPlugin(Plugin):
         self.teacher = None
         self.target: Optional[ConsistencyFunction] = None
         self.iteration = 0
-        self._nets = None
         self._pending_target: Optional[dict] = None
-        self._cfg = None
 
     # ------------------------------------------------------------------------------------------
     # Start-up
@@ -132,9 +138,10 @@ class CMGANPlugin(Plugin):
                    "(paper Sec. 4: 0.99995)", min=0.0, max=1.0),
             Option("num_steps", int, 18, "N, noise levels of the Karras grid (CM: 18 on CIFAR-10, 40 on ImageNet)",
                    min=2, max=10000),
-            Option("sigma_min", float, 0.002, "sigma_min = t_1, where f(x, sigma_min) = x (CM/EDM: 0.002)", min=1e-6),
-            Option("sigma_max", float, 80.0, "sigma_max = T = t_N, the generator's noise level (CM/EDM: 80); "
-                   "adjust to the data scale", min=1e-4),
+            Option("sigma_min", float, 0.0, "sigma_min = t_1, where f(x, sigma_min) = x; 0 = auto: CM/EDM's 0.002 for "
+                   "images, 0.002 / 0.5 x the data's std for points", min=0.0),
+            Option("sigma_max", float, 0.0, "sigma_max = T = t_N, the generator's noise level; 0 = auto: CM/EDM's 80 for "
+                   "images (160 x their sigma_data 0.5), 160 x the data's std for points", min=0.0),
             Option("rho", float, 7.0, "rho of the Karras grid (EDM/CM: 7)", min=1e-3),
             Option("solver", str, "heun", "teacher ODE step from t_{n+1} to t_n (official CD: heun; the paper's "
                    "text: Euler)", choices=("heun", "euler")),
@@ -158,8 +165,7 @@ class CMGANPlugin(Plugin):
     @hookimpl
     def configure(self, opts, cfg, stack):
         self.opts = opts
-        self._cfg = cfg
-        if opts.sigma_min >= opts.sigma_max:
+        if opts.sigma_min and opts.sigma_max and opts.sigma_min >= opts.sigma_max:
             raise PluginError(f"--cmgan-sigma-min {opts.sigma_min} must be below --cmgan-sigma-max {opts.sigma_max} "
                               f"(CM/EDM: 0.002 and 80).")
         if opts.mode != "gan" and not opts.teacher:
@@ -179,64 +185,58 @@ class CMGANPlugin(Plugin):
         except ValueError as exc:
             raise PluginError(f"--cmgan-sample-ts: {exc}. Use 0 for one-step sampling or, e.g., 0,{opts.num_steps // 2} "
                               f"for two steps on the N = {opts.num_steps} grid.") from None
-        for other, why in _INCOMPATIBLE.items():
-            if other in stack:
-                raise PluginError(f"cmgan cannot stack with {other}: {why}. Use {other} with the StyleGAN2 backbone.")
-        self.grid = karras_grid(opts.num_steps, opts.sigma_min, opts.sigma_max, opts.rho)
-        # f_theta has no W space: StyleGAN2's path length and style mixing do not apply.
-        cfg.set_default("pl_weight", 0.0)
-        cfg.set_default("style_mixing", 0.0)
-        for name in ("pl_weight", "style_mixing"):
-            if getattr(cfg, name) not in (None, 0, 0.0):
-                flag = "--" + name.replace("_", "-")
-                raise PluginError(f"{flag} {getattr(cfg, name)} needs StyleGAN2's W space, which cmgan's "
-                                  f"f_theta(x, sigma) does not have. Use {flag} 0.")
+        self._set_sigmas({"kind": "image"})  # until build_generator sees the data
+        # f_theta has no W space: the core sets path length and style mixing to 0 (and refuses them if given).
         # Official consistency-distillation optimizer settings (cm_train.py: Adam(W) defaults, lr 1e-4).
         cfg.set_default("g_betas", (0.9, 0.999))
         if str(cfg.cfg) != "toy":
             cfg.set_default("glr", 1e-4)
 
-    @hookimpl
-    def network_kwargs(self, role, kwargs, data_info):
-        if role == "G":
-            self.data_info = dict(data_info)
+    def _set_sigmas(self, data_info: dict) -> None:
+        """Resolve sigma_min/sigma_max against the data's scale (``EDM_SIGMAS`` at the images' sigma_data 0.5)
+        and build the grid. The weighting's t is measured in units of ``sigma_max / 80`` (``t_unit``), so alpha
+        keeps the paper's meaning at every data scale (``t_unit`` = 1 on images and whenever sigma_max is 80)."""
+        o = self.opts
+        scale = 1.0
+        if data_info.get("kind") == "points" and data_info.get("data_std"):
+            scale = float(data_info["data_std"]) / 0.5
+        self.sigma_min = o.sigma_min or EDM_SIGMAS[0] * scale
+        self.sigma_max = o.sigma_max or EDM_SIGMAS[1] * scale
+        if self.sigma_min >= self.sigma_max:
+            raise PluginError(f"cmgan's sigma_min {self.sigma_min:g} must be below sigma_max {self.sigma_max:g} "
+                              f"(set --cmgan-sigma-min and --cmgan-sigma-max, CM/EDM: 0.002 and 80 for images).")
+        self.t_unit = self.sigma_max / EDM_SIGMAS[1]
+        self.grid = karras_grid(o.num_steps, self.sigma_min, self.sigma_max, o.rho)
+
+    def _weighting(self, t_n, alpha: float):
+        return cd_weighting(torch.as_tensor(t_n, dtype=torch.float64) / self.t_unit, self.sigma_max / self.t_unit,
+                            alpha, self.opts.gamma, self.iteration)
 
     @hookimpl
     def build_generator(self, kwargs, data_info, cfg):
         o = self.opts
+        self._set_sigmas(data_info)
         if data_info["kind"] == "image":
             shape = (int(data_info["num_channels"]), int(data_info["resolution"]), int(data_info["resolution"]))
         else:
             shape = (int(data_info["point_dim"]),)
         arch = _arch_for(data_info, kwargs.get("c_dim", 0), o)
-        return ConsistencyFunction(arch, shape, c_dim=kwargs.get("c_dim", 0), sigma_min=o.sigma_min,
-                                   sigma_max=o.sigma_max, sigma_data=o.sigma_data or 0.5)
+        return ConsistencyFunction(arch, shape, c_dim=kwargs.get("c_dim", 0), sigma_min=self.sigma_min,
+                                   sigma_max=self.sigma_max, sigma_data=o.sigma_data or 0.5)
 
     @hookimpl
-    def modify_networks(self, nets):
-        # Kept so that the start of training can initialise G and G_ema alike (G_ema is copied from G
-        # after this hook, before the teacher is loaded).
-        self._nets = nets
+    def start_training(self, nets, data_info, device, cfg):
+        """Load the teacher, settle sigma_data, initialise f_theta (G and G_ema alike) from the teacher and create
+        the target network. A resumed run's target is then restored by ``load_state_dict``."""
+        self._start_training(nets, data_info, device, cfg)
 
-    @hookimpl
-    def lazy_regularizers(self, cfg):
-        """Start of training (the Trainer calls this once, after the networks exist): load the teacher, settle
-        sigma_data, initialise f_theta from the teacher and create the target network. Adds no regularizer."""
-        self._start_training(cfg)
-        return []
-
-    def _start_training(self, cfg) -> None:
-        nets = self._nets
-        if nets is None or not isinstance(nets.G, ConsistencyFunction):
-            raise PluginError("cmgan's generator was replaced by another plugin; cmgan needs its own f_theta. "
-                              "Drop the other plugin that builds G.")
+    def _start_training(self, nets, data_info, device, cfg) -> None:
         G = nets.G
-        device = next(G.parameters()).device
+        self.data_info = dict(data_info)
         o = self.opts
         if o.mode != "gan" and self.teacher is None:
             from ganstack.plugins.score_models import make_score_model
-            info = self.data_info or self._dataset_info(cfg)
-            self.teacher = make_score_model(o.teacher, info, use_labels=bool(cfg.cond), dataset_spec=cfg.data,
+            self.teacher = make_score_model(o.teacher, self.data_info, use_labels=bool(cfg.cond), dataset_spec=cfg.data,
                                             device=device, who="--cmgan-teacher")
         sigma_data = o.sigma_data
         init_from = None
@@ -269,11 +269,6 @@ class CMGANPlugin(Plugin):
             self._pending_target = None
 
     @staticmethod
-    def _dataset_info(cfg) -> dict:
-        from ganstack.stylegan_base.datasets import open_dataset
-        return open_dataset(cfg.data, use_labels=cfg.cond, max_size=cfg.max_size).info()
-
-    @staticmethod
     def _points_std(cfg) -> float:
         from ganstack.stylegan_base.datasets import open_dataset
         ds = open_dataset(cfg.data, use_labels=False, max_size=cfg.max_size)
@@ -302,25 +297,25 @@ class CMGANPlugin(Plugin):
         t_hi = grid[k + 1]
         x_hi = x0 + t_hi.reshape([m] + [1] * (x0.ndim - 1)) * G.latent_to_sample_shape(z)
         out = G(x_hi, t_hi, c_real)
-        ctx.scratch["cmgan"] = {"k": k, "x_hi": x_hi, "out": out, "c": c_real}
         img = out if self.opts.mode == "cmgan" else out.detach()
-        return DInput(img=img, c=c_real)
+        # Training pairs: row i noises real i and keeps its label; g_loss finds the draws in ``info``.
+        return DInput(img=img, c=c_real, from_reals=True, info={"cmgan": {"k": k, "x_hi": x_hi, "out": out}})
 
     @hookimpl
     def g_loss(self, ctx, fakes):
         if self.opts.mode == "gan":
             return None
-        s = ctx.scratch.get("cmgan")
+        s = fakes.info.get("cmgan") if fakes is not None else None
         if s is None:
-            raise RuntimeError("cmgan's g_loss ran in a phase whose fakes were not made by cmgan's sampler")
+            raise RuntimeError("cmgan's g_loss got fakes that cmgan's sampler did not make")
         o = self.opts
-        k, x_hi, out, c = s["k"], s["x_hi"], s["out"], s["c"]
+        k, x_hi, out, c = s["k"], s["x_hi"], s["out"], fakes.c
         grid = self.grid.to(device=x_hi.device, dtype=torch.float32)
         t_lo, t_hi = grid[k], grid[k + 1]
         dist = cd_distance(out, self.target, self._teacher_denoise, x_hi, t_hi, t_lo, c, o.solver, o.cd_norm)
         # cd mode is the plain consistency-distillation baseline: the official uniform weighting.
         alpha = o.alpha if o.mode == "cmgan" else 0.0
-        lam = cd_weighting(t_lo.double(), o.sigma_max, alpha, o.gamma, self.iteration).to(dist.dtype)
+        lam = self._weighting(t_lo.double(), alpha).to(dist.dtype)
         ctx.report("Loss/cmgan/cd_unweighted", dist.detach())
         ctx.report("Loss/cmgan/lambda", lam)
         return {"cd": lam * dist}
@@ -335,7 +330,7 @@ class CMGANPlugin(Plugin):
     def report_stats(self):
         o = self.opts
         alpha = o.alpha if o.mode == "cmgan" else 0.0
-        lam_min = float(cd_weighting(o.sigma_min, o.sigma_max, alpha, o.gamma, self.iteration))
+        lam_min = float(self._weighting(self.sigma_min, alpha))
         return {"I": self.iteration, "lambda_t1": lam_min}
 
     # ------------------------------------------------------------------------------------------

@@ -82,6 +82,9 @@ class ConsistencyFunction(torch.nn.Module):
     counts one per call.
     """
 
+    w_dim = None  # no W space (ganstack.api.GeneratorProtocol)
+    num_ws = None
+
     def __init__(self, arch: dict, sample_shape: Sequence[int], c_dim: int = 0, sigma_min: float = 0.002,
                  sigma_max: float = 80.0, sigma_data: float = 0.5):
         super().__init__()

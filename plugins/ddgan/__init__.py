@@ -10,14 +10,20 @@ How it sits on the loop:
 * ``build_generator`` / ``build_discriminator`` replace the backbone networks (:mod:`.networks`).
 * ``prepare_reals`` turns each phase's real batch ``x_0`` into the pair: D's image input becomes
   ``x_{t-1}`` (so the core R1 differentiates with respect to ``x_{t-1}`` exactly), and ``x_t`` and ``t``
-  travel in ``DInput.extra``. The phase's ``t`` and ``x_t`` are stashed in ``ctx.scratch`` so that the
-  fake branch of the same phase denoises the same ``x_t``.
-* ``sampler`` makes the fake ``x_{t-1}`` during training, and runs the whole chain
-  ``x_T ~ N(0, I) -> ... -> x_0`` (T generator calls; the last returns G's ``x_0`` prediction) for
+  travel in ``DInput.extra`` (``Capabilities(d_input="pair")``).
+* ``sampler`` makes the training fake ``x_{t-1}`` from the same real ``x_t`` (the loop's training-pairs path:
+  ``from_reals=True``, so each fake keeps its real's label and G is conditioned on that label), and runs the
+  whole chain ``x_T ~ N(0, I) -> ... -> x_0`` (T generator calls; the last returns G's ``x_0`` prediction) for
   snapshots, metrics and ``ganstack generate``. Checkpoints record the plugin stack, so loading a
   ddgan checkpoint rebuilds this sampler without flags.
-* ``configure`` applies the paper's recommended settings where the user did not set them, and
-  refuses stacks whose meaning is undefined on ``(x_{t-1}, x_t)`` pairs.
+* ``configure`` applies the paper's recommended settings where the user did not set them. Which plugins can
+  stack is decided by the declarations: ddgan's G has no W space and no single latent per sample, and its
+  training fakes are chain states rather than clean samples, so smart and clr are refused; its D judges
+  ``(x_{t-1}, x_t)`` pairs, so augments that only declare plain inputs (ada, diffaug, diffusion) are refused.
+* ``lr_schedule``: the paper's cosine learning-rate decay of G and D (Appendix C, "cosine learning rate
+  decay ... for training both the generator and discriminator"; official ``CosineAnnealingLR(..., eta_min=1e-5)``),
+  over the run's steps. ``--ddgan-lr-decay auto`` uses it on image presets and keeps a constant lr on the 2-D toy
+  (Appendix C.5 gives one constant lr, 1e-4, for the 25-Gaussian experiment).
 
 G_ema: the loop's EMA is a half-life in kimg, ``beta = 0.5 ** (batch / (ema_kimg * 1000))``, so the
 paper's per-step decay is converted for the run's batch (0.9999 at batch 128 is 887 kimg). By default
@@ -29,12 +35,11 @@ G_ema follows G instead of staying at its initial weights. ``--ema`` given by th
 
 Pre-D augment plugins: an augment that changes ``x_{t-1}`` but not ``x_t`` breaks the pair D judges, and
 instance noise (diffusion) is a second forward process on top of this one, so they are refused. A
-third-party augment may declare ``augments_ddgan_pairs = True`` on its plugin class to say that its
-``augment_d_input`` applies the same transform to ``x.extra['x_t']`` as to ``x.img``; it is then allowed.
+third-party augment that applies the same transform to ``x.extra['x_t']`` as to ``x.img`` declares
+``Capabilities(augments="plain, pair")`` and is then allowed.
 """
 from __future__ import annotations
 
-import importlib.metadata as importlib_metadata
 import math
 
 import torch
@@ -43,30 +48,14 @@ from ganstack.plugins.ddgan.networks import (DDGANImageDiscriminator, DDGANImage
                                     DDGANPointGenerator)
 from ganstack.plugins.ddgan.schedule import VPSchedule
 from ganstack.stylegan_base.errors import CheckpointError
-from ganstack.training.api import ENTRY_POINT_GROUP, DInput, Option, Plugin, PluginError, hookimpl
+from ganstack.training.api import Capabilities, DInput, Option, Plugin, PluginError, hookimpl
 
 __all__ = ["DDGANPlugin", "VPSchedule", "ema_kimg_for_decay", "sample_chain"]
 
 AUTO_EMA = -1.0  # ema_decay's "automatic" value (see DDGANPlugin._apply_ema)
 PAPER_EMA_DECAY = 0.9999  # Table 8, CIFAR-10 (and StackedMNIST, Appendix C.5: "same as CIFAR-10")
 
-# Pre-D augments whose meaning on (x_{t-1}, x_t) pairs is undefined, with the reason.
-_PAIR_UNSAFE_AUGMENTS = {
-    "ada": "ADA augments the image D sees, which for ddgan is x_{t-1} alone; x_t, the condition D compares "
-           "it against, would stay un-augmented, so real pairs would no longer be consistent denoising pairs",
-    "diffaug": "DiffAugment transforms the image D sees, which for ddgan is x_{t-1} alone; x_t would stay "
-               "untransformed, so D would judge pairs that no denoising step can produce",
-    "diffusion": "Diffusion-GAN's instance noise is a second forward diffusion on top of ddgan's own; ddgan "
-                 "already trains D on diffused pairs, and extra noise on x_{t-1} alone breaks the pair",
-}
-# Other plugins whose losses assume that fakes are clean one-step samples G(z).
-_UNDEFINED_WITH_DDGAN = {
-    "smart": "SMaRt's score regularity scores G's output as a clean sample; under ddgan the fakes are noisy "
-             "x_{t-1} at a random step t, so the pretrained score model would be evaluated at the wrong noise "
-             "level",
-    "clr": "CLR-GAN reconstructs x from G(phi(x)) with a one-step generator; ddgan's generator also needs x_t "
-           "and t, and its fakes are x_{t-1} pairs, so the latent-consistency losses have no defined target",
-}
+LR_DECAY_MIN = 1e-5  # eta_min of the official CosineAnnealingLR
 
 
 def ema_kimg_for_decay(decay: float, batch: int) -> float:
@@ -86,7 +75,7 @@ def _g_call_kwargs(G_kwargs: dict) -> dict:
 
 
 def _sample_shape(G, n: int) -> list:
-    if getattr(G, "is_image", False):
+    if G.is_image:
         return [n, G.img_channels, G.img_resolution, G.img_resolution]
     return [n, G.out_dim]
 
@@ -116,9 +105,14 @@ def sample_chain(G, schedule: VPSchedule, z: torch.Tensor, c: torch.Tensor, G_kw
 class DDGANPlugin(Plugin):
     """Denoising Diffusion GAN: T denoising steps, each a conditional GAN G(x_t, z, t) vs D(x_{t-1}, x_t, t)."""
 
+    # Replaces G, D and the sampler (its hooks say so); its D judges (x_{t-1}, x_t) pairs. Its G provides none of
+    # the backbone's features: no W space, not one latent per sample, and training fakes that are chain states.
+    capabilities = Capabilities(d_input="pair")
+
     def __init__(self):
         self.schedule = VPSchedule()
         self.ema_decay = None  # the per-step G_ema decay configure applied (None: preset's or user's --ema)
+        self.lr_decay = False  # cosine lr decay in force (configure decides)
 
     # ------------------------------------------------------------------------------------------
     # Start-up
@@ -137,6 +131,9 @@ class DDGANPlugin(Plugin):
                    "image presets; on --cfg toy the preset's own 1-kimg EMA, since Appendix C.5 lists no EMA for the "
                    "2-D data. Where the preset has no EMA rampup, a decay's half-life is capped at 5% of the images seen "
                    "(StyleGAN2-ADA's rampup 0.05). --ema wins if given", min=-1.0, max=0.999999),
+            Option("lr_decay", str, "auto", "cosine learning-rate decay of G and D to 1e-5 over the run (paper "
+                   "Appendix C, official CosineAnnealingLR with eta_min 1e-5), or off. auto = cosine on image presets, "
+                   "off on --cfg toy (Appendix C.5: one constant lr for the 2-D data)", choices=("auto", "cosine", "off")),
         ]
 
     @hookimpl
@@ -144,9 +141,9 @@ class DDGANPlugin(Plugin):
         if opts.beta_max < opts.beta_min:
             raise PluginError(f"--ddgan-beta-max {opts.beta_max} is below --ddgan-beta-min {opts.beta_min}; the VP "
                               f"schedule needs beta_min <= beta_max (paper: 0.1 and 20).")
-        self._check_stack(stack)
         self.schedule = VPSchedule(opts.steps, opts.beta_min, opts.beta_max, opts.t_eps)
         images = str(cfg.cfg) != "toy"
+        self.lr_decay = opts.lr_decay == "cosine" or (opts.lr_decay == "auto" and images)
         # Recommended settings where the user gave none: Appendix C.2 and Table 8 (CIFAR-10) for images,
         # Appendix C.5 for the 2-D toy data (Adam lr 1e-4 for both networks).
         cfg.set_default("g_betas", (0.5, 0.9))
@@ -155,18 +152,18 @@ class DDGANPlugin(Plugin):
         cfg.set_default("dlr", 1e-4)
         cfg.set_default("gamma", 0.05)
         cfg.set_default("r1_interval", 1)  # the paper applies R1 every step; --r1-interval k makes it lazy
-        cfg.set_default("pl_weight", 0.0)
-        cfg.set_default("style_mixing", 0.0)
+        # Path length and style mixing: the core sets them to 0 (and refuses them) since this G has no W space.
         self.ema_decay = self._apply_ema(opts.ema_decay, cfg, images)
         if images:
             cfg.set_default("z_dim", 256)  # Table 6, CIFAR-10: latent dimension 256, 3 mapping layers
             cfg.set_default("map_depth", 3)
-        if cfg.pl_weight and cfg.pl_weight > 0:
-            raise PluginError(f"--pl-weight {cfg.pl_weight} asks for StyleGAN2's path-length regularizer, which "
-                              f"needs a generator of W+ styles; ddgan's G(x_t, z, t) has none. Use --pl-weight 0.")
-        if cfg.style_mixing and cfg.style_mixing > 0:
-            raise PluginError(f"--style-mixing {cfg.style_mixing} is not available with ddgan: its generator takes "
-                              f"one style per call and no per-layer W+ to mix. Use --style-mixing 0.")
+
+    @hookimpl
+    def lr_schedule(self, optimizer, total_steps):
+        """Cosine decay of G's and D's learning rates to 1e-5 over the run (official CosineAnnealingLR)."""
+        if not self.lr_decay:
+            return None
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=LR_DECAY_MIN)
 
     @staticmethod
     def _apply_ema(decay: float, cfg, images: bool):
@@ -192,26 +189,6 @@ class DDGANPlugin(Plugin):
             # StyleGAN2-ADA's rampup (half-life <= 5% of the images seen) only binds early in long runs.
             cfg.set_default("ema_rampup", 0.05)
         return decay
-
-    def _check_stack(self, stack):
-        for name in stack:
-            if name == self.name or name == "ddgan":
-                continue
-            if name in _UNDEFINED_WITH_DDGAN:
-                raise PluginError(f"Plugins ddgan and {name} cannot be combined: {_UNDEFINED_WITH_DDGAN[name]}. "
-                                  f"Train {name} on the one-step backbone, or ddgan without {name}.")
-            cls = _plugin_class(name)
-            if cls is not None and getattr(cls, "augments_ddgan_pairs", False):
-                continue
-            if name in _PAIR_UNSAFE_AUGMENTS:
-                raise PluginError(f"Plugins ddgan and {name} cannot be combined: {_PAIR_UNSAFE_AUGMENTS[name]}. "
-                                  f"Drop {name} from --plugins (ddgan's diffusion already smooths what D sees, "
-                                  f"Sec. 3.2).")
-            if cls is not None and callable(getattr(cls, "augment_d_input", None)):
-                raise PluginError(f"Plugin {name} augments what D sees, but ddgan's D judges pairs (x_{{t-1}}, x_t) "
-                                  f"and {name} would change x_{{t-1}} alone. Drop {name} from --plugins, or give "
-                                  f"its class augments_ddgan_pairs = True once its augment_d_input transforms "
-                                  f"x.extra['x_t'] the same way as x.img.")
 
     @hookimpl
     def build_generator(self, kwargs, data_info, cfg):
@@ -244,29 +221,28 @@ class DDGANPlugin(Plugin):
         x0 = reals.img
         t = torch.randint(1, self.schedule.T + 1, [x0.shape[0]], device=x0.device)  # per-sample, uniform
         x_prev, x_t = self.schedule.q_sample_pairs(x0, t)
-        ctx.scratch["ddgan"] = {"t": t, "x_t": x_t}
         return reals.replace(img=x_prev, extra={**reals.extra, "x_t": x_t, "t": t})
 
     @hookimpl
     def sampler(self, G, z, c, ctx, G_kwargs):
         if ctx is None:
             return DInput(img=sample_chain(G, self.schedule, z, c, G_kwargs), c=c)
-        pair = ctx.scratch.get("ddgan")
-        if pair is None:
+        reals = ctx.reals  # the pairs prepare_reals made: denoise the same x_t, keep each real's label
+        if "x_t" not in reals.extra:
             raise RuntimeError("ddgan's sampler ran in a training phase whose reals were not prepared by ddgan's "
                                "prepare_reals hook")
-        t, x_t = pair["t"], pair["x_t"]
+        t, x_t, c_real = reals.extra["t"], reals.extra["x_t"], reals.c
         if z.shape[0] != x_t.shape[0]:
             raise ValueError(f"ddgan denoises this phase's x_t ({x_t.shape[0]} samples) and needs as many latents, "
                              f"got {z.shape[0]}")
-        x0 = G(x_t, z, t, c, **_g_call_kwargs(G_kwargs))
+        x0 = G(x_t, z, t, c_real, **_g_call_kwargs(G_kwargs))
         x_prev = self.schedule.posterior_sample(x0, x_t, t)
-        return DInput(img=x_prev, c=c, extra={"x_t": x_t, "t": t})
+        return DInput(img=x_prev, c=c_real, extra={"x_t": x_t, "t": t}, from_reals=True)
 
     @hookimpl
     def d_loss(self, ctx, real, fake):
         # Diagnostics only (the paper's Fig. 10): D's loss per denoising step; adds no term.
-        t = ctx.scratch["ddgan"]["t"]
+        t = ctx.reals.extra["t"]
         per_sample = (torch.nn.functional.softplus(-real.logits) + torch.nn.functional.softplus(fake.logits))
         per_sample = per_sample.detach().flatten()
         for step in range(1, self.schedule.T + 1):  # steps no sample drew count 0 and are skipped
@@ -294,14 +270,3 @@ class DDGANPlugin(Plugin):
                                   f"{saved.get('alpha_bars')}) differs from the one these options build "
                                   f"(T={mine['T']}, alpha_bar {mine['alpha_bars']}). Load it with the ddgan "
                                   f"options it was trained with (they are stored in the checkpoint).")
-
-
-def _plugin_class(name: str):
-    """The installed plugin class registered under ``name`` (None if it is not an installed plugin)."""
-    try:
-        for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name == name:
-                return ep.load()
-    except Exception:  # noqa: BLE001 - the plugin manager reports broken plugins itself
-        return None
-    return None

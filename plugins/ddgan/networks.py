@@ -210,6 +210,7 @@ class DDGANPointGenerator(torch.nn.Module):
 
     is_image = False
     num_ws = None
+    w_dim = None
 
     def __init__(self, z_dim: int, c_dim: int, out_dim: int, hidden: int = 128, num_hidden_layers: int = 2):
         super().__init__()

@@ -14,8 +14,6 @@ checkpoint or another file given instead, a model of another resolution) are
 """
 from __future__ import annotations
 
-import glob
-import os
 from typing import Optional
 
 import torch
@@ -44,20 +42,9 @@ def prune_snapshots(run_dir: str, keep: int) -> None:
 
 def resolve_path(path: str, what: str = "score model") -> str:
     """A score checkpoint file, or the newest snapshot in a ``train-score`` run folder."""
-    path = os.path.expanduser(str(path))
-    if os.path.isdir(path):
-        snaps = list_snapshots(path)
-        if not snaps:
-            runs = sorted(d for d in glob.glob(os.path.join(path, "*")) if os.path.isdir(d) and list_snapshots(d))
-            hint = f" It looks like a --outdir: did you mean the run folder {runs[-1]!r}?" if runs else ""
-            raise CheckpointError(f"The {what} folder {path!r} holds no {SNAPSHOT_PREFIX}*.pt file.{hint} Give a "
-                                  f"score checkpoint or the run folder of a `ganstack train-score` run, or "
-                                  f"{TRAIN_HINT}.")
-        return snaps[-1]
-    if not os.path.isfile(path):
-        raise CheckpointError(f"The {what} {path!r} does not exist. Give the path of a score checkpoint "
-                              f"({SNAPSHOT_PREFIX}*.pt or its run folder), or {TRAIN_HINT}.")
-    return path
+    return ckpt_io.resolve_snapshot(path, SNAPSHOT_PREFIX, what=f"The {what}",
+                                    hint=f"Give a score checkpoint ({SNAPSHOT_PREFIX}*.pt or the run folder of a "
+                                         f"`ganstack train-score` run), or {TRAIN_HINT}.")
 
 
 def read_checkpoint(path: str, what: str = "score model") -> dict:
@@ -66,9 +53,9 @@ def read_checkpoint(path: str, what: str = "score model") -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise CheckpointError(f"{path!r} could not be read as a score checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}). It may be truncated or not a "
-                              f"checkpoint at all; {TRAIN_HINT}.") from None
+        from ganstack.stylegan_base.cli_support import describe_load_error  # rel: no torch weights_only advice
+        raise CheckpointError(f"{path!r} could not be read as a score checkpoint: it "
+                              f"{describe_load_error(exc, path)}; {TRAIN_HINT}.") from None
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if fmt != FORMAT:
         if fmt == ckpt_io.FORMAT:

@@ -1,9 +1,9 @@
 """Training a small EDM denoiser on a ganstack dataset (the engine of ``ganstack train-score``).
 
-It reuses the GAN trainer's machinery: the resumable real-batch stream (``ganstack.training.data.RealStream``),
-atomic checkpoints and RNG capture/restore (``ganstack.training.checkpoint``), the status line
-(``Trainer.format_status`` / ``format_time``) and the StyleGAN2-ADA run-folder layout
-(``log.txt``, ``training_options.json``, ``stats.jsonl``). A checkpoint holds the raw and EMA
+It runs on the GAN trainer's run layer (:mod:`ganstack.training.run`): the run folder and ``log.txt``, the tick
+loop with its status line, ``stats.jsonl``, snapshots, signals and divergence check, and the resume rules; plus
+the resumable real-batch stream (``ganstack.training.data.RealStream``) and atomic checkpoints with RNG
+capture/restore (``ganstack.training.checkpoint``). A checkpoint holds the raw and EMA
 weights, Adam's state, the counters, the options and the RNG states, so ``--resume`` continues
 exactly: N steps straight and N/2 + resume + N/2 give bitwise-identical weights.
 
@@ -14,12 +14,11 @@ ramp-up is 10 kimg (EDM: 10 Mimg) and the networks are small (:mod:`ganstack.plu
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import dataclasses
 import json
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -31,20 +30,22 @@ from ganstack.stylegan_base.errors import CheckpointError
 from ganstack.training import checkpoint as ckpt_io
 from ganstack.training.api import ConfigError
 from ganstack.training.data import RealStream
-from ganstack.training.loop import StopSignals, Trainer, format_time, tick_fields
+from ganstack.training.options import RunOptions
+from ganstack.training.run import (Job, RunLog, RunLoop, check_same_dataset, clean_stale_temp,
+                                   dataset_identity, merge_resume as merge_options, new_run_dir, resume_data_spec,
+                                   tick_record)
 
 # Options a resumed run may change (everything else comes from the checkpoint).
-RESUME_MUTABLE = ("kimg", "tick", "snap", "keep", "workers", "device", "pictures")
+RESUME_MUTABLE = ("kimg", "tick", "snap", "keep", "workers", "device", "pictures", "data", "allow_nonfinite")
 
 
 @dataclass
-class ScoreTrainConfig:
+class ScoreTrainConfig(RunOptions):
     """Every option of a ``train-score`` run (saved in its checkpoints). None = automatic."""
 
-    data: str = "toy:gaussians25"
-    cond: bool = False
-    mirror: bool = False
-    max_size: Optional[int] = None
+    WHAT = "score-training options"
+
+    # data, cond, mirror, max_size: RunOptions
     kimg: float = 200.0
     batch: Optional[int] = None          # 64 for images, 256 for points
     lr: float = 1e-3                     # EDM's DDPM++ CIFAR-10 learning rate
@@ -66,19 +67,7 @@ class ScoreTrainConfig:
     workers: int = 2
     device: str = "auto"
     pictures: bool = True                # sample a picture (Heun, 18 steps) at each checkpoint
-    _user_set: set = field(default_factory=set, repr=False, compare=False)
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ScoreTrainConfig":
-        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise CheckpointError(f"The score checkpoint's options include {unknown}, unknown to this ganstack; "
-                                  f"use the version that wrote it.")
-        return cls(**{k: v for k, v in d.items() if k in names})
+    allow_nonfinite: bool = False        # keep training when the loss or weights become non-finite
 
 
 def resolve_config(cfg: ScoreTrainConfig, data_info: dict) -> ScoreTrainConfig:
@@ -165,15 +154,20 @@ class ScoreTrainer:
         self.cur_nimg = 0
         self.cur_tick = 0
         self.tick_start_nimg = 0
-        self._tick_losses: list[float] = []
+        self.steps_done = 0
+        self._tick_loss = None  # sum of the tick's step losses, on the device
+        self._tick_steps = 0
+        self.last_finite: Optional[str] = None
+        self._resume_path = None
         if resume is not None:
             self._load(resume)
+            self._resume_path = resume.get("path")
         self.stream = RealStream(dataset, cfg.batch, self.device, seed=cfg.seed, rank=0, world_size=1,
                                  start=self.cur_nimg, workers=cfg.workers)
-        self._stop = StopSignals(self.log)
 
     # -- one step ------------------------------------------------------------------------------
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
+        """One step; returns the step's mean loss as a device tensor (no host sync)."""
         cfg = self.cfg
         x, c = next(self.stream)
         labels = c if self.net.label_dim else None
@@ -188,8 +182,10 @@ class ScoreTrainer:
         self.opt.step()
         self.cur_nimg += x.shape[0]
         update_ema(self.ema, self.net, ema_beta(x.shape[0], self.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
-        value = float(loss.detach().mean())
-        self._tick_losses.append(value)
+        self.steps_done += 1
+        value = loss.detach().mean()
+        self._tick_loss = value if self._tick_loss is None else self._tick_loss + value
+        self._tick_steps += 1
         return value
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -199,7 +195,7 @@ class ScoreTrainer:
             "arch": self.arch,
             "sigma_data": self.cfg.sigma_data,
             "model": cpu(self.ema.state_dict()),
-            "data": self.data_info,
+            "data": {**self.data_info, **dataset_identity(self.dataset)},
             "training": {
                 "net": cpu(self.net.state_dict()),
                 "opt": self.opt.state_dict(),
@@ -211,12 +207,12 @@ class ScoreTrainer:
             },
         }
 
-    def save_checkpoint(self) -> Optional[str]:
+    def save_checkpoint(self, finite: bool = True) -> Optional[str]:
         if self.run_dir is None:
             return None
-        path = score_io.snapshot_path(self.run_dir, self.cur_nimg)
-        score_io.save_checkpoint(self.checkpoint_dict(), path)
-        score_io.prune_snapshots(self.run_dir, self.cfg.keep)
+        path, self.last_finite = ckpt_io.write_snapshot(self.checkpoint_dict(), self.run_dir, self.cur_nimg,
+                                                        self.cfg.keep, score_io.SNAPSHOT_PREFIX, finite=finite,
+                                                        last_finite=self.last_finite, save=score_io.save_checkpoint)
         return path
 
     def _load(self, ckpt: dict) -> None:
@@ -270,90 +266,70 @@ class ScoreTrainer:
         return path if ok else None
 
     # -- the loop ------------------------------------------------------------------------------
-    def _write_jsonl(self, record: dict) -> None:
-        if self.run_dir is not None:
-            with open(os.path.join(self.run_dir, "stats.jsonl"), "at") as f:
-                f.write(json.dumps(record) + "\n")
+    def run(self) -> None:
+        RunLoop(ScoreJob(self), self.log, what="Training the score model").run()
 
-    def run(self) -> Optional[str]:
-        cfg = self.cfg
-        total = int(round(cfg.kimg * 1000))
-        if self.cur_nimg >= total:
-            self.log(f"Nothing to do: the run is already at {self.cur_nimg / 1e3:.1f} kimg >= --kimg {cfg.kimg:g}.")
+
+class ScoreJob(Job):
+    """What the run loop drives for ``train-score``: the status line (loss, lr), checkpoints, pictures."""
+
+    steps_attr = "steps_done"
+
+    def __init__(self, trainer: ScoreTrainer):
+        super().__init__(trainer, trainer.cfg, trainer.run_dir)
+
+    def end_tick(self, fields: dict):
+        tr = self.tr
+        n = tr._tick_steps
+        loss = float(tr._tick_loss) / n if n else float("nan")  # the tick's one host read
+        tr._tick_loss, tr._tick_steps = None, 0
+        lr = tr.opt.param_groups[0]["lr"]
+        record = tick_record(fields, {"Loss/score": {"num": n, "mean": loss}}, {"lr": lr})
+        self.writer.write(record, tr.cur_nimg / 1e3)
+        return {"loss": loss, "lr": lr}, record
+
+    def diverged(self, record: dict) -> Optional[str]:
+        tr = self.tr
+        loss_ok = bool(np.isfinite(record["Loss/score"]["mean"])) or record["Loss/score"]["num"] == 0
+        weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in tr.net.parameters()]).all())
+        if loss_ok and weights_ok:
             return None
-        self._stop.install()
-        start = tick_start = time.time()
-        maintenance = 0.0
-        last = None
-        self.log(f"Training the score model for {cfg.kimg:g} kimg from {self.cur_nimg / 1e3:.1f} kimg ...")
-        try:
-            while True:
-                self.step()
-                done = self.cur_nimg >= total
-                stop = self._stop.requested
-                if not (done or stop or self.cur_tick == 0 or self.cur_nimg >= self.tick_start_nimg + cfg.tick * 1000):
-                    continue
-                now = time.time()
-                tick_nimg = self.cur_nimg - self.tick_start_nimg
-                fields = tick_fields(self.cur_tick, self.cur_nimg, now - tick_start, tick_nimg, maintenance,
-                                     now - start, self.device)
-                loss = float(np.mean(self._tick_losses)) if self._tick_losses else float("nan")
-                lr = self.opt.param_groups[0]["lr"]
-                self.log(Trainer.format_status(fields, {"loss": loss, "lr": lr}))
-                self._write_jsonl({"Loss/score": {"num": len(self._tick_losses), "mean": loss},
-                                   "Progress/tick": self.cur_tick, "Progress/kimg": self.cur_nimg / 1e3,
-                                   "Timing/total_sec": now - start, "Timing/sec_per_kimg": fields["sec/kimg"],
-                                   "Timing/maintenance_sec": maintenance, "lr": lr, "timestamp": now})
-                self._tick_losses = []
-                t0 = time.time()
-                finished = self.cur_tick
-                self.cur_tick += 1
-                self.tick_start_nimg = self.cur_nimg
-                if done or stop or finished % cfg.snap == 0:
-                    last = self.save_checkpoint() or last
-                    if last:
-                        self.log(f"  checkpoint: {last}  (elapsed {format_time(time.time() - start)})")
-                    if not stop and (finished > 0 or done):
-                        self.save_pictures(f"samples{ckpt_io.kimg_tag(self.cur_nimg)}")
-                maintenance = time.time() - t0
-                tick_start = time.time()
-                if stop:
-                    self.log("Stopped by signal after writing the checkpoint above; resume with --resume.")
-                    break
-                if done:
-                    break
-        finally:
-            self._stop.restore()
-        self._stop.exit_if_stopped()
-        self.log("Done.")
-        return last
+        last = tr.last_finite or tr._resume_path
+        return (f"Score training diverged at {tr.cur_nimg / 1e3:.1f} kimg ("
+                + ", ".join((["non-finite loss"] if not loss_ok else []) + ([] if weights_ok else ["non-finite weights"]))
+                + f"). No checkpoint of this state was written; the last finite checkpoint is "
+                f"{last or '(none)'}. Lower --lr (now {tr.cfg.lr:g}), or pass --allow-nonfinite to go on regardless")
+
+    def after_tick(self, finished_tick: int, snapshot: bool, final: bool, stopping: bool, finite: bool) -> None:
+        tr = self.tr
+        if snapshot:
+            path = tr.save_checkpoint(finite)
+            if path:
+                tr.log(f"  checkpoint: {path}")
+            if not stopping and (finished_tick > 0 or final):
+                tr.save_pictures(f"samples{ckpt_io.kimg_tag(tr.cur_nimg)}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def merge_resume(cfg: ScoreTrainConfig, ckpt: dict) -> ScoreTrainConfig:
     """The checkpoint's options, with the few a resumed run may change taken from ``cfg``."""
     saved = ScoreTrainConfig.from_dict(ckpt["training"]["options"])
-    conflicts = []
-    for name in sorted(cfg._user_set):
-        if name in RESUME_MUTABLE:
-            setattr(saved, name, getattr(cfg, name))
-        elif getattr(cfg, name) != getattr(saved, name):
-            conflicts.append(f"--{name.replace('_', '-')} {getattr(cfg, name)!r} (checkpoint: {getattr(saved, name)!r})")
-    if conflicts:
-        raise CheckpointError("A resumed score run continues with the options of its checkpoint, but these differ: "
-                              + "; ".join(conflicts) + ". Drop them or start a new run. Only "
-                              + ", ".join("--" + n for n in RESUME_MUTABLE) + " may change.")
-    return saved
+    return merge_options(cfg, saved, RESUME_MUTABLE, _flag, what="score run")
 
 
 def run_training(cfg: ScoreTrainConfig, outdir: str, resume: Optional[str] = None, log=None, device=None) -> str:
     """Everything ``ganstack train-score`` does after parsing its options; returns the run folder."""
     from ganstack.stylegan_base.datasets import open_dataset
-    from ganstack.training.cli import Tee, new_run_dir
 
     resume_ckpt = None
     if resume:
         resume_ckpt = score_io.read_checkpoint(resume, what="--resume checkpoint")
+        user_gave_data = cfg.is_user_set("data")
         cfg = merge_resume(cfg, resume_ckpt)
+        cfg.data = resume_data_spec(resume_ckpt.get("data") or {}, cfg.data, user_gave_data)
     dev = device or cfg.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -361,26 +337,26 @@ def run_training(cfg: ScoreTrainConfig, outdir: str, resume: Optional[str] = Non
     info = dataset.info()
     resolve_config(cfg, info)
     if resume_ckpt is not None:
-        saved = resume_ckpt.get("data") or {}
-        diff = [k for k in ("kind", "resolution", "num_channels", "point_dim", "label_dim") if saved.get(k) != info.get(k)]
-        if diff:
-            raise CheckpointError(f"The score checkpoint was trained on data of another shape than {cfg.data!r} "
-                                  f"({', '.join(diff)} differ); resume with the dataset it was trained on.")
+        check_same_dataset(resume_ckpt.get("data") or {}, dataset, cfg.data)
     name = f"{info.get('name', 'data')}-score-{cfg.arch}"
     run_dir = new_run_dir(outdir, name.replace("/", "_")[:100])
-    log = log or Tee(os.path.join(run_dir, "log.txt"))
-    with open(os.path.join(run_dir, "training_options.json"), "wt") as f:
-        json.dump({"score_config": cfg.to_dict(), "dataset": info,
-                   "resume": resume_ckpt["path"] if resume_ckpt else None}, f, indent=2)
-    trainer = ScoreTrainer(cfg, dataset, run_dir=run_dir, resume=resume_ckpt, device=dev, log=log)
-    n_params = sum(p.numel() for p in trainer.net.parameters())
-    log(f"Run folder:   {run_dir}")
-    log(f"Dataset:      {cfg.data} ({info['len']} items, {info['kind']})")
-    log(f"Score model:  EDM-preconditioned {cfg.arch}, {n_params / 1e6:.2f} M params, sigma_data {cfg.sigma_data:g}, "
-        f"P_mean {cfg.P_mean:g}, P_std {cfg.P_std:g}, {'conditional' if trainer.net.label_dim else 'unconditional'}")
-    log(f"Optimiser:    Adam lr {cfg.lr:g} (ramp-up {cfg.lr_rampup_kimg:g} kimg), batch {cfg.batch}, "
-        f"EMA half-life {cfg.ema_kimg:g} kimg (ramp-up {cfg.ema_rampup}), device {dev}")
-    if resume_ckpt is not None:
-        log(f"Resuming from {resume_ckpt['path']} at {trainer.cur_nimg / 1000:.1f} kimg.")
-    trainer.run()
+    run_log = RunLog(os.path.join(run_dir, "log.txt")) if log is None else None
+    log = log or run_log
+    with run_log if run_log is not None else contextlib.nullcontext():
+        clean_stale_temp([outdir] + ([os.path.dirname(resume_ckpt["path"])] if resume_ckpt else []), log)
+        with open(os.path.join(run_dir, "training_options.json"), "wt") as f:
+            json.dump({"score_config": cfg.to_dict(), "dataset": {**info, **dataset_identity(dataset)},
+                       "resume": resume_ckpt["path"] if resume_ckpt else None}, f, indent=2)
+        trainer = ScoreTrainer(cfg, dataset, run_dir=run_dir, resume=resume_ckpt, device=dev, log=log)
+        n_params = sum(p.numel() for p in trainer.net.parameters())
+        log(f"Run folder:   {run_dir}")
+        log(f"Dataset:      {cfg.data} ({info['len']} items, {info['kind']})")
+        log(f"Score model:  EDM-preconditioned {cfg.arch}, {n_params / 1e6:.2f} M params, sigma_data "
+            f"{cfg.sigma_data:g}, P_mean {cfg.P_mean:g}, P_std {cfg.P_std:g}, "
+            f"{'conditional' if trainer.net.label_dim else 'unconditional'}")
+        log(f"Optimiser:    Adam lr {cfg.lr:g} (ramp-up {cfg.lr_rampup_kimg:g} kimg), batch {cfg.batch}, "
+            f"EMA half-life {cfg.ema_kimg:g} kimg (ramp-up {cfg.ema_rampup}), device {dev}")
+        if resume_ckpt is not None:
+            log(f"Resuming from {resume_ckpt['path']} at {trainer.cur_nimg / 1000:.1f} kimg.")
+        trainer.run()
     return run_dir
