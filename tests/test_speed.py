@@ -155,14 +155,16 @@ def test_toy_run_metrics_do_not_regress_with_compile(fallback_random):
     results = []
     for compile_mode in ("off", "default"):
         tr = make_trainer([], data="toy:gaussians25?n=4096", batch=128, mlp_hidden=64, compile=compile_mode)
-        for _ in range(120):
+        for _ in range(300):  # ~38 kimg: eager reaches ~16 of the 25 modes loosely, KL over modes ~0.1
             tr.step()
         x = tr.sample_ema(2000).numpy()
         toy = tr.data_info["toy"]
         results.append(mixture_metrics(x, np.asarray(toy["centers"]), toy["std"]))
     eager, comp = results
     print("toy metrics eager", eager, "compiled", comp)
-    assert comp["modes"] >= eager["modes"] - 2
+    assert eager["modes_loose"] >= 8 and eager["kl_modes"] < 0.5  # the run has learned something to compare
+    assert comp["modes_loose"] >= eager["modes_loose"] - 2 and comp["modes_covered"] >= eager["modes_covered"] - 2
+    assert comp["mean_dist"] <= 1.2 * eager["mean_dist"]
     assert comp["hq_share"] >= eager["hq_share"] - 0.05
     assert comp["kl_modes"] <= eager["kl_modes"] + 0.1
 
