@@ -460,18 +460,22 @@ def main(argv=None):
             results["syncs"] = r
             for where, n in r["syncs"].items():
                 print(f"   {n:4d} x {where}", flush=True)
+        results["total_s"] = time.perf_counter() - t_start
+        write_results(results, quiet=True)  # after every row: a run cut short keeps what it measured
     results["total_s"] = time.perf_counter() - t_start
     write_results(results)
     print_summary(results)
 
 
-def write_results(results: dict) -> None:
+def write_results(results: dict, quiet: bool = False) -> None:
     out_dir = os.environ.get("OUT") or os.getcwd()
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "gpu_speed.json")
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=1, default=float)
-    print(f"\nresults: {path}")
+    os.replace(path + ".tmp", path)
+    if not quiet:
+        print(f"\nresults: {path}")
 
 
 def print_summary(res: dict) -> None:
