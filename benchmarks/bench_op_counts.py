@@ -359,7 +359,7 @@ def make_trainer(preset: str, res: int, batch: int, plugins=(), options=None, de
     if cmax:
         kw["cmax"] = cmax
     cfg = TrainConfig(**kw)
-    cfg._user_set = set(kw)
+    cfg.mark_user_set(kw)
     for k, v in (speed_overrides or {}).items():
         setattr(cfg, k, v)
     ds = open_dataset(data, use_labels=False)

@@ -45,7 +45,7 @@ else:
     kw = dict(data="shapes16?n=256", cfg="stylegan2", cbase=1024, cmax=64, map_depth=2, z_dim=32, w_dim=32,
               batch=16, mbstd_group=4, workers=0)
 cfg = TrainConfig(**kw)
-cfg._user_set = set(kw)
+cfg.mark_user_set(kw)
 ds = open_dataset(cfg.data)
 resolve(cfg, ds.info())
 stack = PluginStack([], {})

@@ -123,7 +123,7 @@ def build_trainer(preset: str, plugins, options, speed_kw: dict, smoke: bool, de
     ops.set_fir_impl(speed_kw.pop("fir", "auto"))
     kw = dict(preset_kwargs(preset, smoke), **speed_kw, device=device)
     cfg = TrainConfig(**kw)
-    cfg._user_set = set(kw)
+    cfg.mark_user_set(kw)
     ds = open_dataset(cfg.data, use_labels=False)
     resolve(cfg, ds.info())
     stack = PluginStack(list(plugins), options)
