@@ -195,3 +195,56 @@ def test_freezed_counts_layers_as_stylegan2_ada(arch):
         transfer.freeze_discriminator_layers(D, -1)
     with pytest.raises(ConfigError, match="StyleGAN2 discriminator"):
         transfer.freeze_discriminator_layers(torch.nn.Linear(2, 2), 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Official pickles where a checkpoint is accepted: generate --network X.pkl, metrics --network X.pkl
+
+def test_generate_from_an_official_pickle_writes_the_official_images(tmp_path):
+    import imageio.v2 as imageio
+
+    src = tmp_path / "network-snapshot-000200.pkl"
+    _, _, G_ema = _pickle(src, conv_clamp=256)
+    model = load_model(str(src), device="cpu")  # read in memory, no checkpoint file written
+    z = _z()
+    for psi in (1.0, 0.7):
+        assert (model.sample(z, truncation_psi=psi, noise_mode="const")
+                - ref_generator(G_ema, z, None, psi=psi)).abs().max() < 1e-3
+    assert sorted(os.listdir(tmp_path)) == [src.name]
+    outdir = tmp_path / "imgs"
+    for psi in ("1", "0.7"):
+        assert _run(["generate", "--network", str(src), "--seeds", "3,5", "--trunc", psi, "--outdir", str(outdir),
+                     "--device", "cpu"]) == 0
+        for seed in (3, 5):
+            zs = torch.from_numpy(np.random.RandomState(seed).randn(1, 16)).float()
+            ref = ((ref_generator(G_ema, zs, None, psi=float(psi))[0] + 1) * 127.5).clamp(0, 255)
+            png = torch.from_numpy(imageio.imread(outdir / f"seed{seed:04d}.png")).permute(2, 0, 1).float()
+            # uint8 rounding (0.5) plus 1e-3 of the [-1, 1] range
+            assert (png - ref).abs().max() <= 0.5 + 1e-3 * 127.5
+
+
+def test_metrics_on_an_official_pickle(tmp_path, monkeypatch, capsys):
+    import json
+
+    from test_metrics import StandInDetector
+
+    from ganstack.metrics import detectors
+    torch.manual_seed(0)
+    det = tmp_path / "stand-in.pt"
+    torch.jit.script(StandInDetector()).save(str(det))
+    monkeypatch.setenv("GANSTACK_CACHE", str(tmp_path / "cache"))
+    detectors._loaded.clear()
+    src = tmp_path / "pkl" / "network-snapshot-000200.pkl"
+    src.parent.mkdir()
+    _pickle(src)
+    dest = tmp_path / "pt" / "imported.pt"
+    dest.parent.mkdir()
+    transfer.import_pkl(str(src), str(dest))
+    args = ["--metrics", "fid64_full", "--data", "shapes16?n=80", "--detector", str(det), "--device", "cpu"]
+    assert _run(["metrics", "--network", str(src)] + args) == 0
+    assert _run(["metrics", "--network", str(dest)] + args) == 0
+    got = [json.loads(s) for s in open(src.parent / "metric-fid64_full.jsonl")]
+    ref = [json.loads(s) for s in open(dest.parent / "metric-fid64_full.jsonl")]
+    assert got[0]["snapshot"] == src.name and got[0]["kimg"] == 0
+    assert got[0]["results"]["fid64_full"] == pytest.approx(ref[0]["results"]["fid64_full"], rel=1e-6)
+    assert got[0]["results"]["fid64_full"] > 0

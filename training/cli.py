@@ -209,7 +209,8 @@ def make_train_command(schemas: dict) -> click.Command:
 # generate
 
 @click.command("generate")
-@click.option("--network", "network", required=True, help="Checkpoint file or run folder (newest snapshot).")
+@click.option("--network", "network", required=True,
+              help="Checkpoint file, run folder (newest snapshot) or official StyleGAN2-ADA network-snapshot-*.pkl.")
 @click.option("--seeds", type=SEED_LIST, default="0-15", show_default=True, help="Seeds, e.g. 0-63 or 1,5,9 (images).")
 @click.option("--trunc", "truncation_psi", type=finite_float(), default=1.0, show_default=True, help="Truncation psi.")
 @click.option("--class", "class_idx", type=int_range(0), default=None, help="Class label (conditional models).")
