@@ -248,3 +248,85 @@ def test_metrics_on_an_official_pickle(tmp_path, monkeypatch, capsys):
     assert got[0]["snapshot"] == src.name and got[0]["kimg"] == 0
     assert got[0]["results"]["fid64_full"] == pytest.approx(ref[0]["results"]["fid64_full"], rel=1e-6)
     assert got[0]["results"]["fid64_full"] > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# ganstack train --init / --freezed
+
+def test_trainer_init_starts_from_the_pickles_weights_and_trains(tmp_path):
+    from conftest import make_trainer
+
+    src = tmp_path / "snap.pkl"
+    G, D, G_ema = _pickle(src)
+    tr = make_trainer([], image=True, init=str(src))
+    z = _z()
+    with torch.no_grad():
+        assert (tr.G_ema(z, None, noise_mode="const") - ref_generator(G_ema, z, None)).abs().max() < 1e-3
+        assert (tr.G(z, None, noise_mode="const") - ref_generator(G, z, None)).abs().max() < 1e-3
+    # fresh optimiser state, counters at zero
+    assert tr.cur_nimg == 0 and not tr.G_opt.state and not tr.D_opt.state
+    before = {k: v.clone() for k, v in tr.G.state_dict().items()}
+    for _ in range(2):
+        tr.step()
+    assert any(not torch.equal(before[k], v) for k, v in tr.G.state_dict().items())
+    assert all(torch.isfinite(v).all() for v in tr.G.state_dict().values())
+
+
+def test_train_init_and_freezed_from_the_command_line(tmp_path, capsys):
+    src = tmp_path / "network-snapshot-000200.pkl"
+    _, D, _ = _pickle(src, conv_clamp=256)
+    out = tmp_path / "runs"
+    # no architecture options given: the run takes them from the pickle (cbase, cmax, z/w, mapping, conv_clamp)
+    base = ["train", "--data", "shapes16?n=64", "--cfg", "stylegan2", "--batch", "4", "--mbstd-group", "2",
+            "--workers", "0", "--outdir", str(out), "--device", "cpu", "--init", str(src)]
+    assert _run(base + ["--freezed", "3", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "Init:" in text and "cbase=512" in text and "conv_clamp=256" in text and "Freeze-D:" in text
+    assert not out.exists() or not os.listdir(out)
+    assert _run(base + ["--freezed", "3", "--kimg", "0.016", "--snap", "1", "--tick", "0.008"]) == 0
+    text = capsys.readouterr().out
+    assert "tensors copied" in text and "b16.fromrgb, b16.conv0, b16.conv1 do not train" in text
+    run = out / os.listdir(out)[0]
+    ckpt = torch.load(run / "network-snapshot-000000.pt", weights_only=True)  # 16 images: kimg 0
+    assert ckpt["config"]["init"] == str(src) and ckpt["config"]["freezed"] == 3
+    assert ckpt["cur_nimg"] == 16
+    official = D.flat()
+    for name in ("b16.fromrgb.weight", "b16.fromrgb.bias", "b16.conv0.weight", "b16.conv1.bias"):
+        assert torch.equal(ckpt["D"][name], official[name]), name  # frozen: bit-identical
+    for name in ("b16.skip.weight", "b8.conv0.weight", "b4.fc.weight", "b4.out.bias"):
+        assert not torch.equal(ckpt["D"][name], official[name]), name  # later layers train
+    # a resumed run keeps the same layers frozen (the optimiser state fits) and does not re-read --init
+    os.remove(src)
+    assert _run(["train", "--resume", str(run), "--kimg", "0.032", "--outdir", str(out)]) == 0
+    capsys.readouterr()
+
+
+def test_train_init_bad_input_is_one_paragraph_exit_2(tmp_path, capsys):
+    src = tmp_path / "snap.pkl"
+    _pickle(src)
+    base = ["train", "--data", "shapes16?n=64", "--cfg", "stylegan2", "--batch", "4", "--mbstd-group", "2",
+            "--workers", "0", "--outdir", str(tmp_path / "runs"), "--device", "cpu", "--dry-run"]
+    lr = tmp_path / "lr.pkl"
+    G = official_generator(**OFFICIAL)
+    G.modules["mapping"].kwargs["lr_multiplier"] = 0.1
+    for layer in G.modules["mapping"].modules.values():
+        layer.attrs["weight_gain"] *= 10
+        layer.attrs["bias_gain"] = 0.1
+    write_official_pickle(str(lr), G_ema=G)
+    ckpt = tmp_path / "imported.pt"
+    transfer.import_pkl(str(src), str(ckpt))
+    cases = [
+        (["--init", str(src), "--resume", str(ckpt)], ["--resume continues a run exactly", "Give one of them"]),
+        (["--resume", str(src)], ["official StyleGAN2-ADA", f"--init {src}"]),
+        (["--resume", str(ckpt)], ["cannot be resumed", f"--init {ckpt}"]),
+        (["--init", str(lr)], ["G mapping lr_multiplier=0.1", "cannot start from them"]),
+        (["--init", str(src), "--freezed", "40"], ["--freezed 40", "only 7 layers", "b16.fromrgb ... b8.skip", "--freezed 0..7"]),
+        (["--init", str(src), "--cbase", "256"], ["do not fit", "--cbase"]),
+        (["--init", str(tmp_path / "nope.pkl")], ["no such file"]),
+    ]
+    for extra, expected in cases:
+        assert _run(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.strip().count("\n") == 0, err
+        for e in expected:
+            assert e in err, (extra, e, err)

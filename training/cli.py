@@ -104,6 +104,12 @@ TRAIN_OPTIONS = [
     ("--mbstd-group", "mbstd_group", dict(type=INT, default=None, help="Minibatch-std group size [default: preset]")),
     ("--d-architecture", "d_architecture", dict(type=click.Choice(["orig", "skip", "resnet"]), default=None,
                                                 help="D architecture [default: resnet, orig for cifar]")),
+    ("--init", "init", dict(type=str, default=None,
+                            help="Start a new run from the G/D/G_ema weights of an official StyleGAN2-ADA / StyleGAN3 "
+                                 "network-snapshot-*.pkl or a ganstack checkpoint (StyleGAN2-ADA's --resume PKL); "
+                                 "optimiser and plugin state start fresh. Not with --resume.")),
+    ("--freezed", "freezed", dict(type=int_range(0), default=0, show_default=True,
+                                  help="Freeze the first N layers of D (StyleGAN2-ADA's Freeze-D).")),
     ("--mlp-hidden", "mlp_hidden", dict(type=INT, default=128, show_default=True, help="Hidden width of the MLP (point data).")),
     ("--cond", "cond", dict(is_flag=True, default=False, help="Train a class-conditional model (needs labels).")),
     ("--mirror", "mirror", dict(is_flag=True, default=False, help="Add x-flipped copies of the images.")),
