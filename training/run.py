@@ -586,8 +586,11 @@ def _startup_lines(cfg, stack, info, world, dev) -> list[str]:
 
 
 def run_training(cfg, plugin_names, plugin_options: dict, outdir: str, resume: Optional[str] = None,
-                 dry_run: bool = False, log=None, device=None, flag: Callable[[str], str] = _flag) -> Optional[str]:
+                 dry_run: bool = False, log=None, device=None, flag: Callable[[str], str] = _flag,
+                 extra_startup: Optional[Callable[[Any], list]] = None) -> Optional[str]:
     """Everything ``ganstack train`` does after parsing; also used by ``ganstack ablate`` and tests.
+
+    ``extra_startup(stack) -> lines`` adds start-up lines (the CLI's note on augmentation).
 
     Returns the run folder (None for a dry run, which creates nothing).
     """
@@ -641,6 +644,8 @@ def run_training(cfg, plugin_names, plugin_options: dict, outdir: str, resume: O
     if init_src is not None:
         startup.append(f"Init:         weights of {init_src.path} ({init_src.kind}); fresh optimiser and plugin "
                        f"state" + (f"; from it: {', '.join(taken)}" if taken else ""))
+    if extra_startup is not None:
+        startup += list(extra_startup(stack))
     if cfg.freezed:
         startup.append(f"Freeze-D:     the first {cfg.freezed} layers of D do not train (--freezed)")
     desc = _run_description(cfg, stack.names, info.get("name", "data"))
