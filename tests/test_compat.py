@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ganstack.training.cli import main
+from conftest import run_cli
 
 BASE = ["train", "--data", "shapes16?n=64", "--cfg", "stylegan2", "--batch", "4", "--mbstd-group", "2",
         "--workers", "0", "--device", "cpu", "--cbase", "512", "--cmax", "32", "--map-depth", "2", "--z-dim", "16"]
@@ -58,18 +58,10 @@ ERRORS = [  # (StyleGAN2-ADA flags, what the one-line message says)
 ]
 
 
-def _run(args) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
-
-
 @pytest.mark.parametrize("flags,expected", RUNS, ids=[" ".join(f) or "(none)" for f, _ in RUNS])
 def test_stylegan2_ada_command_line_runs(flags, expected, tmp_path, capsys):
     out = tmp_path / "runs"
-    assert _run(BASE + ["--outdir", str(out), "-n"] + flags) == 0
+    assert run_cli(BASE + ["--outdir", str(out), "-n"] + flags) == 0
     text = capsys.readouterr().out
     for e in expected:
         assert e in text, (e, text)
@@ -79,7 +71,7 @@ def test_stylegan2_ada_command_line_runs(flags, expected, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags,expected", ERRORS, ids=[" ".join(f) for f, _ in ERRORS])
 def test_stylegan2_ada_command_line_refused_in_one_line(flags, expected, tmp_path, capsys):
-    assert _run(BASE + ["--outdir", str(tmp_path / "runs"), "-n"] + flags) == 2
+    assert run_cli(BASE + ["--outdir", str(tmp_path / "runs"), "-n"] + flags) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = [line for line in err.strip().splitlines() if not line.startswith(("Usage:", "Try "))]
@@ -90,7 +82,7 @@ def test_stylegan2_ada_command_line_refused_in_one_line(flags, expected, tmp_pat
 
 def test_without_aug_the_run_log_says_ada_is_off(tmp_path, capsys):
     out = tmp_path / "runs"
-    assert _run(BASE + ["--outdir", str(out), "--kimg", "0.004", "--snap", "1"]) == 0
+    assert run_cli(BASE + ["--outdir", str(out), "--kimg", "0.004", "--snap", "1"]) == 0
     run = out / os.listdir(out)[0]
     assert OFF in open(run / "log.txt").read()
     capsys.readouterr()

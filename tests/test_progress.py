@@ -66,8 +66,8 @@ def _read_all(fd):
     return out.decode(errors="replace")
 
 
-@pytest.mark.parametrize("backend", ["tqdm", "builtin"])
-def test_live_on_a_terminal(monkeypatch, backend):
+def _terminal(monkeypatch, backend):
+    """A pseudo-terminal with a size: ``(master fd, stream)``; ``backend`` builtin hides tqdm."""
     if backend == "builtin":  # without tqdm installed: the built-in status line
         real_import = builtins.__import__
 
@@ -79,8 +79,13 @@ def test_live_on_a_terminal(monkeypatch, backend):
     else:
         pytest.importorskip("tqdm")
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a real terminal has a size
-    stream = os.fdopen(slave, "w")
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real terminal has a size
+    return master, os.fdopen(slave, "w")
+
+
+@pytest.mark.parametrize("backend", ["tqdm", "builtin"])
+def test_live_on_a_terminal(monkeypatch, backend):
+    master, stream = _terminal(monkeypatch, backend)
     bar = _count(stream, n=3, delay=0)
     assert bar.live and (bar._bar is not None) == (backend == "tqdm")
     stream.close()
@@ -156,19 +161,7 @@ def test_ablate_grid_shows_cells_done_running_left(tmp_path, monkeypatch, capsys
 @pytest.mark.parametrize("backend", ["tqdm", "builtin"])
 def test_grid_progress_live_on_a_terminal(monkeypatch, backend):
     from ganstack.stylegan_base.progress import GridProgress
-    if backend == "builtin":
-        real_import = builtins.__import__
-
-        def no_tqdm(name, *a, **kw):
-            if name.startswith("tqdm"):
-                raise ImportError(name)
-            return real_import(name, *a, **kw)
-        monkeypatch.setattr(builtins, "__import__", no_tqdm)
-    else:
-        pytest.importorskip("tqdm")
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    stream = os.fdopen(slave, "w")
+    master, stream = _terminal(monkeypatch, backend)
     lines = []
     with GridProgress(4, initial=1, desc="ablate", log=lines.append, stream=stream) as grid:
         grid.started(2)

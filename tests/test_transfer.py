@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_config
+from conftest import make_config, make_trainer, run_cli
 from official_format import (official_discriminator, official_generator, ref_discriminator, ref_generator,
                              write_official_pickle)
 
@@ -16,7 +16,6 @@ from ganstack.stylegan_base.errors import CheckpointError
 from ganstack.stylegan_base.networks import Discriminator
 from ganstack.training import transfer
 from ganstack.training.api import ConfigError
-from ganstack.training.cli import main
 from ganstack.training.config import resolve
 from ganstack.training.inference import load_model
 from ganstack.training.nets import build_networks
@@ -36,14 +35,6 @@ def _pickle(path, c_dim=0, **kw):
     return G, D, G_ema
 
 
-def _run(args) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
-
-
 def _z(n=3):
     return torch.from_numpy(np.random.RandomState(0).randn(n, 16)).float()
 
@@ -51,7 +42,7 @@ def _z(n=3):
 def test_import_pkl_writes_a_checkpoint_generate_reads(tmp_path, capsys):
     src, dest = tmp_path / "network-snapshot-000200.pkl", tmp_path / "imported.pt"
     G, D, G_ema = _pickle(src, conv_clamp=256)
-    assert _run(["import-pkl", str(src), str(dest)]) == 0
+    assert run_cli(["import-pkl", str(src), str(dest)]) == 0
     out = capsys.readouterr().out
     assert "Imported D, G, G_ema" in out and "16x16x3" in out and "conv_clamp 256" in out
     model = load_model(str(dest), device="cpu")
@@ -65,10 +56,10 @@ def test_import_pkl_writes_a_checkpoint_generate_reads(tmp_path, capsys):
     assert len(ckpt["imported_from"]["sha256"]) == 64
     # generate --network on the imported checkpoint writes images
     outdir = tmp_path / "imgs"
-    assert _run(["generate", "--network", str(dest), "--seeds", "0-1", "--outdir", str(outdir), "--device", "cpu"]) == 0
+    assert run_cli(["generate", "--network", str(dest), "--seeds", "0-1", "--outdir", str(outdir), "--device", "cpu"]) == 0
     assert sorted(os.listdir(outdir)) == ["seed0000.png", "seed0001.png"]
     # DEST is not overwritten silently
-    assert _run(["import-pkl", str(src), str(dest)]) == 2
+    assert run_cli(["import-pkl", str(src), str(dest)]) == 2
 
 
 def test_import_pkl_refuses_what_train_cannot_rebuild(tmp_path):
@@ -213,7 +204,7 @@ def test_generate_from_an_official_pickle_writes_the_official_images(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [src.name]
     outdir = tmp_path / "imgs"
     for psi in ("1", "0.7"):
-        assert _run(["generate", "--network", str(src), "--seeds", "3,5", "--trunc", psi, "--outdir", str(outdir),
+        assert run_cli(["generate", "--network", str(src), "--seeds", "3,5", "--trunc", psi, "--outdir", str(outdir),
                      "--device", "cpu"]) == 0
         for seed in (3, 5):
             zs = torch.from_numpy(np.random.RandomState(seed).randn(1, 16)).float()
@@ -241,8 +232,8 @@ def test_metrics_on_an_official_pickle(tmp_path, monkeypatch, capsys):
     dest.parent.mkdir()
     transfer.import_pkl(str(src), str(dest))
     args = ["--metrics", "fid64_full", "--data", "shapes16?n=80", "--detector", str(det), "--device", "cpu"]
-    assert _run(["metrics", "--network", str(src)] + args) == 0
-    assert _run(["metrics", "--network", str(dest)] + args) == 0
+    assert run_cli(["metrics", "--network", str(src)] + args) == 0
+    assert run_cli(["metrics", "--network", str(dest)] + args) == 0
     got = [json.loads(s) for s in open(src.parent / "metric-fid64_full.jsonl")]
     ref = [json.loads(s) for s in open(dest.parent / "metric-fid64_full.jsonl")]
     assert got[0]["snapshot"] == src.name and got[0]["kimg"] == 0
@@ -254,7 +245,6 @@ def test_metrics_on_an_official_pickle(tmp_path, monkeypatch, capsys):
 # ganstack train --init / --freezed
 
 def test_trainer_init_starts_from_the_pickles_weights_and_trains(tmp_path):
-    from conftest import make_trainer
 
     src = tmp_path / "snap.pkl"
     G, D, G_ema = _pickle(src)
@@ -279,11 +269,11 @@ def test_train_init_and_freezed_from_the_command_line(tmp_path, capsys):
     # no architecture options given: the run takes them from the pickle (cbase, cmax, z/w, mapping, conv_clamp)
     base = ["train", "--data", "shapes16?n=64", "--cfg", "stylegan2", "--batch", "4", "--mbstd-group", "2",
             "--workers", "0", "--outdir", str(out), "--device", "cpu", "--init", str(src)]
-    assert _run(base + ["--freezed", "3", "--dry-run"]) == 0
+    assert run_cli(base + ["--freezed", "3", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "Init:" in text and "cbase=512" in text and "conv_clamp=256" in text and "Freeze-D:" in text
     assert not out.exists() or not os.listdir(out)
-    assert _run(base + ["--freezed", "3", "--kimg", "0.016", "--snap", "1", "--tick", "0.008"]) == 0
+    assert run_cli(base + ["--freezed", "3", "--kimg", "0.016", "--snap", "1", "--tick", "0.008"]) == 0
     text = capsys.readouterr().out
     assert "tensors copied" in text and "b16.fromrgb, b16.conv0, b16.conv1 do not train" in text
     run = out / os.listdir(out)[0]
@@ -297,7 +287,7 @@ def test_train_init_and_freezed_from_the_command_line(tmp_path, capsys):
         assert not torch.equal(ckpt["D"][name], official[name]), name  # later layers train
     # a resumed run keeps the same layers frozen (the optimiser state fits) and does not re-read --init
     os.remove(src)
-    assert _run(["train", "--resume", str(run), "--kimg", "0.032", "--outdir", str(out)]) == 0
+    assert run_cli(["train", "--resume", str(run), "--kimg", "0.032", "--outdir", str(out)]) == 0
     capsys.readouterr()
 
 
@@ -325,7 +315,7 @@ def test_train_init_bad_input_is_one_paragraph_exit_2(tmp_path, capsys):
         (["--init", str(tmp_path / "nope.pkl")], ["no such file"]),
     ]
     for extra, expected in cases:
-        assert _run(base + extra) == 2, extra
+        assert run_cli(base + extra) == 2, extra
         err = capsys.readouterr().err
         assert "Traceback" not in err and err.strip().count("\n") == 0, err
         for e in expected:
