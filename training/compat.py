@@ -59,7 +59,7 @@ def click_options(augpipes=None) -> list[click.Option]:
         click.Option(["--augpipe", "sg_augpipe"], type=click.Choice(list(augpipes)) if augpipes else str,
                      default=None, help="With --aug ada or fixed: the augmentation pipeline (= --ada-augpipe)."),
         click.Option(["--subset", "sg_subset"], type=int_range(1), default=None,
-                     help="Train on the first N images (= --max-size N)."),
+                     help="StyleGAN2-ADA's name for --max-size N (use at most N images)."),
         _bool_option("--fp32", "sg_fp32", "StyleGAN2-ADA's --fp32=1 is ganstack's default (FP32); --fp32=0 is "
                                           "refused (see --amp)."),
         _bool_option("--nhwc", "sg_nhwc", "--nhwc=0 is ganstack's behaviour; --nhwc=1 is refused."),
