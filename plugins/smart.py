@@ -56,7 +56,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ganstack.plugins.score_models import SCHEDULES, VPSchedule, make_score_model
+from ganstack.plugins.score_models import SCHEDULES, VPSchedule, check_score_spec, make_score_model
 from ganstack.training.api import Capabilities, LazyRegularizer, Option, PluginError, hookimpl
 
 RESIZE_MODES = ("off", "area", "bilinear")
@@ -176,6 +176,11 @@ class SmartPlugin:
         self.schedule = VPSchedule(opts.schedule, opts.timesteps)
         self.use_labels = bool(cfg.cond)
         self.data_spec = cfg.data
+
+    @hookimpl
+    def check_startup(self):
+        if self.opts.weight:
+            check_score_spec(self.opts.score, who="--smart-score")
 
     @hookimpl
     def start_training(self, data_info, device):

@@ -280,6 +280,52 @@ class StartRecorder:
         return []
 
 
+class NeedsFile:
+    """Names a file in an option and checks it exists before training starts."""
+
+    seen = []
+
+    @hookimpl
+    def add_options(self):
+        return [Option("path", str, "", "a file the plugin opens when training starts")]
+
+    @hookimpl
+    def configure(self, opts):
+        self.opts = opts
+
+    @hookimpl
+    def check_startup(self, data_info, cfg):
+        NeedsFile.seen.append((data_info["kind"], cfg.seed))
+        if not os.path.exists(self.opts.path):
+            raise PluginError(f"--needsfile-path {self.opts.path!r} does not exist.")
+
+
+def test_hook_check_startup(tmp_path):
+    from ganstack.stylegan_base.datasets import open_dataset
+    from ganstack.training.config import resolve
+    from ganstack.training.preflight import preflight
+    from conftest import make_config
+
+    def stack_for(path):
+        cfg = make_config()
+        info = open_dataset(cfg.data).info()
+        resolve(cfg, info, 1)
+        stack = PluginStack(["needsfile"], {"needsfile": {"path": str(path)}}, extra_plugins={"needsfile": NeedsFile})
+        stack.configure(cfg, info)
+        return cfg, stack, info
+
+    NeedsFile.seen.clear()
+    with pytest.raises(PluginError, match="does not exist"):
+        preflight(*stack_for(tmp_path / "missing.txt"), device="cpu", log=lambda *_: None)
+    (tmp_path / "there.txt").write_text("x")
+    preflight(*stack_for(tmp_path / "there.txt"), device="cpu", log=lambda *_: None)
+    assert NeedsFile.seen == [("points", 0), ("points", 0)]
+    # Building a trainer (as generate/metrics load a checkpoint) does not call it.
+    make_trainer(["needsfile"], {"needsfile": {"path": str(tmp_path / "missing.txt")}},
+                 extra_plugins={"needsfile": NeedsFile})
+    assert len(NeedsFile.seen) == 2
+
+
 def test_hook_start_training():
     tr = make_trainer(["rec"], extra_plugins={"rec": StartRecorder})
     nets, data_info, device, cfg = tr.stack.plugins["rec"].seen

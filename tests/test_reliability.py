@@ -287,6 +287,8 @@ def test_checkpoint_errors_name_the_flag_and_give_no_torch_advice(files, tmp_pat
     (["--metrics", "toy", "--data", "shapes16?n=64"], "2-D mixture"),
     (["--plugins", "ada"], "image data only"),
     (["--plugins", "diffaug"], "image data only"),
+    (["--plugins", "smart", "--smart-score", "missing-score.pt"], "does not exist"),
+    (["--plugins", "cmgan", "--cmgan-teacher", "missing-teacher.pt"], "does not exist"),
     (["--metrics", "fid10k_full", "--data", "shapes16?n=64"], "inception-2015-12-05.pt"),
 ])
 @pytest.mark.parametrize("dry", [True, False])

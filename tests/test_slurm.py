@@ -137,17 +137,24 @@ def test_slurm_grid_with_a_requeued_cell_equals_the_local_launcher(tmp_path):
     victim = jobs["cells/diffusion/seed1"]["job_id"]
     _until(lambda: _checkpoint_after_start(victim_dir), 600, f"a checkpoint of {victim_dir}")
     subprocess.run(["scontrol", "requeue", victim], check=True)
-    # SLURM holds a requeued job back for a while (BeginTime); let it start again now.
     _until(lambda: _squeue_state(victim) == "PENDING", 120, f"job {victim} to be pending again")
-    subprocess.run(["scontrol", "update", f"JobId={victim}", "StartTime=now"], check=True)
+    # Keep it queued until the re-run below has seen it (a loaded machine must not let it finish first).
+    subprocess.run(["scontrol", "hold", victim], check=True)
 
     status = ganstack("ablate", "--status", out).stdout
     assert "4 cells:" in status and victim in status
 
     # Re-running the same command collects what finished and resubmits nothing that is still queued or running.
-    again = ganstack(*grid, "--outdir", out, *slurm, "--wait")
-    assert "Submitted" not in again.stdout, again.stdout
-    assert "still queued or running" in again.stdout
+    again_log = tmp_path / "again.log"
+    with open(again_log, "w") as f:
+        again = subprocess.Popen([sys.executable, "-m", "ganstack", *map(str, grid), "--outdir", str(out),
+                                  *slurm, "--wait"], stdout=f, stderr=subprocess.STDOUT, text=True, env=ENV)
+    _until(lambda: "still queued or running" in again_log.read_text(), 300, "the re-run to find the queued cell")
+    # SLURM also holds a requeued job back for a while (BeginTime); let it start again now.
+    subprocess.run(["scontrol", "release", victim], check=True)
+    subprocess.run(["scontrol", "update", f"JobId={victim}", "StartTime=now"], check=True)
+    assert again.wait(timeout=900) == 0, again_log.read_text()[-3000:]
+    assert "Submitted" not in again_log.read_text(), again_log.read_text()
     assert "4 done" in ganstack("ablate", "--status", out).stdout
 
     # The requeued cell stopped with a checkpoint and resumed from it in a second run folder ...
@@ -229,7 +236,8 @@ def test_slurm_failing_cell_is_reported_with_its_log_and_not_requeued(tmp_path):
     out = tmp_path / "abl"
     cmd = ["ablate", "--stacks", "none;crash", "--seeds", "0", "--kimg", "0.5", "--tick", "0.128", *TOY,
            "--outdir", out, "--launcher", "slurm", "--slurm-gpus-per-cell", "0", "--slurm-time", "10", "--wait"]
-    r = ganstack(*cmd, env=env)
+    r = ganstack(*cmd, env=env, check=False)
+    assert r.returncode == 1 and "1 of 2 cells failed" in r.stderr, r.stderr
     assert "1 cell(s) failed" in r.stdout and "crashplug: deliberate failure" in r.stdout
     assert "The results cover 1 of 2 cells; 1 missing" in r.stdout
     crash_dir = str(out / "cells" / "crash" / "seed0")
@@ -239,7 +247,8 @@ def test_slurm_failing_cell_is_reported_with_its_log_and_not_requeued(tmp_path):
     assert "Requeued" not in open(job["stdout"]).read()
 
     # Re-running resubmits the failed cell only (once, because the user asked), and it fails the same way.
-    r2 = ganstack(*cmd, env=env)
+    r2 = ganstack(*cmd, env=env, check=False)
+    assert r2.returncode == 1
     assert "Skipping 1 finished cell(s)" in r2.stdout and "Submitted 1 cell(s)" in r2.stdout
     job2 = json.load(open(out / "slurm" / "jobs.json"))["cells"]["cells/crash/seed0"]
     assert job2["attempts"] == 2 and job2["job_id"] != job["job_id"]
@@ -359,7 +368,8 @@ def test_local_executor_failing_cell_is_reported(tmp_path):
     out = tmp_path / "abl"
     cmd = ["ablate", "--stacks", "none;crash", "--seeds", "0", "--kimg", "0.5", "--tick", "0.128", *TOY,
            "--outdir", out, "--launcher", "slurm", "--slurm-gpus-per-cell", "0", "--slurm-time", "10", "--wait"]
-    r = ganstack(*cmd, env=env)
+    r = ganstack(*cmd, env=env, check=False)
+    assert r.returncode == 1 and "1 of 2 cells failed" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "1 cell(s) failed" in r.stdout and "crashplug: deliberate failure" in r.stdout
     _check_failed_cell_report(out, env, str(out / "cells" / "crash" / "seed0"))
     assert json.load(open(out / "slurm" / "jobs.json"))["cells"]["cells/crash/seed0"]["attempts"] == 1

@@ -846,8 +846,19 @@ def ablate_command(outdir, stacks_text, stack_list, seeds, data, kimg, cfg, batc
         raise ConfigError(f"--devices {devices!r}: give devices such as cpu or cuda:0,cuda:1 (not auto).")
     if jobs is None:
         jobs = len(dev_list) if dev_list[0].startswith("cuda") else 1
-    ablate(outdir, specs, seed_list, settings, shared_opts, sweep, jobs=jobs, devices=dev_list,
-           dry_run=dry_run, launcher=launch.make_cell_launcher(launch_kw, jobs, dev_list))
+    result = ablate(outdir, specs, seed_list, settings, shared_opts, sweep, jobs=jobs, devices=dev_list,
+                    dry_run=dry_run, launcher=launch.make_cell_launcher(launch_kw, jobs, dev_list))
+    failed = [k for k, v in (result.get("errors") or {}).items() if v]
+    if failed:  # the reports cover the other cells; the exit status tells scripts and CI
+        raise CellsFailed(f"{len(failed)} of {len(result['cells'])} cells failed (each cell.json holds its error and "
+                          f"log; `ganstack ablate --status {outdir}` lists them). The results table covers the "
+                          f"others. Fix the cause and re-run the same command: finished cells are reused.")
+
+
+class CellsFailed(GanstackError):
+    """Some cells of an ablation failed; the results of the others were written."""
+
+    exit_code = 1
 
 
 __all__ = ["ablate", "ablate_command"]

@@ -130,6 +130,16 @@ def modify_networks(nets: Networks, cfg: TrainConfig, data_info: DataInfo) -> Op
     """
 
 
+@hook(COLLECT, when="train and train --dry-run, before the run folder is created (not generate/metrics)",
+      example="if not os.path.exists(self.opts.teacher): raise PluginError('...')")
+def check_startup(data_info: DataInfo, cfg: TrainConfig) -> None:
+    """Check, cheaply, what this plugin will need when training starts: that the files its options name exist
+    and fit the data. Raise :class:`~ganstack.training.api.PluginError` with a message that says what would
+    work; a failure here leaves no run folder behind. Called for training only, so a checkpoint still loads for
+    sampling when such a file has moved. Return nothing.
+    """
+
+
 @hook(COLLECT, when="once per training run, after the networks (and G_ema) exist, before the optimizers",
       example="self.teacher = load_teacher(self.opts.teacher, data_info, device)")
 def start_training(nets: Networks, data_info: DataInfo, device: torch.device, cfg: TrainConfig) -> None:

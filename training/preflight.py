@@ -56,6 +56,7 @@ def check_plugins_fit(stack, cfg, data_info: dict) -> None:
 def preflight(cfg, stack, data_info: dict, device="cpu", log: Callable = print) -> None:
     """Every start-up check of a training run (see the module docstring); raises GanstackError."""
     check_plugins_fit(stack, cfg, data_info)
+    stack.hooks.check_startup(data_info=data_info, cfg=cfg)
     if cfg.metrics:
         check_metrics(cfg.metrics, data_info, device=device, log=log)
     if cfg.tensorboard:

@@ -225,6 +225,12 @@ class CMGANPlugin(Plugin):
                                    sigma_max=self.sigma_max, sigma_data=o.sigma_data or 0.5)
 
     @hookimpl
+    def check_startup(self):
+        if self.opts.mode != "gan":
+            from ganstack.plugins.score_models import check_score_spec
+            check_score_spec(self.opts.teacher, who="--cmgan-teacher")
+
+    @hookimpl
     def start_training(self, nets, data_info, device, cfg):
         """Load the teacher, settle sigma_data, initialise f_theta (G and G_ema alike) from the teacher and create
         the target network. A resumed run's target is then restored by ``load_state_dict``."""

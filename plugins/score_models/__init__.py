@@ -56,6 +56,14 @@ from ganstack.plugins.score_models.schedules import (SCHEDULES, VPSchedule, deno
 BUILTIN_SCORES = ("analytic", "empirical")
 
 
+def check_score_spec(spec: str, who: str = "--score") -> None:
+    """Fail at start-up (and under ``--dry-run``) when ``spec`` is neither a built-in score nor an existing score
+    checkpoint or ``train-score`` run folder; the model itself is loaded when training starts."""
+    if spec not in BUILTIN_SCORES:
+        from ganstack.plugins.score_models.io import resolve_path
+        resolve_path(spec, what=f"{who} score model")
+
+
 def make_score_model(spec: str, data_info: dict, use_labels: bool = False, resize: str = "off",
                      device="cpu", dataset_spec=None, who: str = "--score"):
     """A frozen score model for a GAN trained on ``data_info`` (a dataset's ``info()``).
@@ -93,5 +101,5 @@ __all__ = [
     "VPSchedule", "SCHEDULES", "vp_to_edm", "edm_to_vp", "eps_from_denoised", "denoised_from_eps",
     "score_from_denoised", "precond_coefficients", "ema_beta", "update_ema", "edm_sample", "karras_sigmas",
     "load_score_model",
-    "read_checkpoint", "check_compatible", "make_score_model", "default_schedule", "BUILTIN_SCORES",
+    "read_checkpoint", "check_compatible", "check_score_spec", "make_score_model", "default_schedule", "BUILTIN_SCORES",
 ]
