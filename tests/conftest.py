@@ -20,6 +20,16 @@ TINY_IMAGE = dict(data="shapes16?n=256", cfg="stylegan2", cbase=512, cmax=32, ma
 TINY_POINTS = dict(data="toy:gaussians25?n=2048", cfg="toy", batch=32, mlp_hidden=32, workers=0)
 
 
+def run_cli(args) -> int:
+    """``ganstack ARGS`` in this process; its exit status."""
+    from ganstack.training.cli import main
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
 def make_config(**kw) -> TrainConfig:
     base = dict(TINY_POINTS)
     if str(kw.get("data", "")).startswith("shapes") or kw.get("image"):

@@ -110,9 +110,18 @@ TRAIN_OPTIONS = [
     ("--mbstd-group", "mbstd_group", dict(type=INT, default=None, help="Minibatch-std group size [default: preset]")),
     ("--d-architecture", "d_architecture", dict(type=click.Choice(["orig", "skip", "resnet"]), default=None,
                                                 help="D architecture [default: resnet, orig for cifar]")),
+    ("--init", "init", dict(type=str, default=None,
+                            help="Start a new run from the G/D/G_ema weights of an official StyleGAN2-ADA / StyleGAN3 "
+                                 "network-snapshot-*.pkl or a ganstack checkpoint (StyleGAN2-ADA's --resume PKL); "
+                                 "optimiser and plugin state start fresh. Not with --resume.")),
+    ("--freezed", "freezed", dict(type=int_range(0), default=0, show_default=True,
+                                  help="Freeze the first N layers of D (StyleGAN2-ADA's Freeze-D).")),
     ("--mlp-hidden", "mlp_hidden", dict(type=INT, default=128, show_default=True, help="Hidden width of the MLP (point data).")),
-    ("--cond", "cond", dict(is_flag=True, default=False, help="Train a class-conditional model (needs labels).")),
-    ("--mirror", "mirror", dict(is_flag=True, default=False, help="Add x-flipped copies of the images.")),
+    # --cond / --mirror, and StyleGAN2-ADA's --cond=1 / --mirror=0 forms
+    ("--cond", "cond", dict(type=click.BOOL, is_flag=False, flag_value=True, default=False, metavar="[BOOL]",
+                            help="Train a class-conditional model (needs labels).")),
+    ("--mirror", "mirror", dict(type=click.BOOL, is_flag=False, flag_value=True, default=False, metavar="[BOOL]",
+                                help="Add x-flipped copies of the images.")),
     ("--max-size", "max_size", dict(type=POSITIVE_INT, default=None, help="Use at most this many dataset items.")),
     ("--tick", "tick", dict(type=FINITE_FLOAT, default=None, help="kimg per tick (status line) [default: 4, 20 for points]")),
     ("--snap", "snap", dict(type=INT, default=50, show_default=True, help="Ticks between checkpoints and pictures.")),
@@ -175,10 +184,11 @@ def _plugin_options_from_cli(kwargs, schemas) -> dict:
 
 
 def run_training(cfg: TrainConfig, plugin_names, plugin_options: dict, outdir: str,
-                 resume: Optional[str] = None, dry_run: bool = False, log=None, device=None) -> Optional[str]:
+                 resume: Optional[str] = None, dry_run: bool = False, log=None, device=None,
+                 extra_startup=None) -> Optional[str]:
     """Everything ``ganstack train`` does after parsing (:func:`ganstack.training.run.run_training`)."""
     return _run_training(cfg, plugin_names, plugin_options, outdir, resume=resume, dry_run=dry_run, log=log,
-                         device=device, flag=flag_of)
+                         device=device, flag=flag_of, extra_startup=extra_startup)
 
 
 def make_train_command(schemas: dict) -> click.Command:
@@ -193,8 +203,11 @@ def make_train_command(schemas: dict) -> click.Command:
                      help="Continue exactly from a checkpoint file or the newest one in a run folder; only "
                           + ", ".join(flag_of(f) for f in RESUME_MUTABLE) + " may change (--data: the same data "
                           "at another path)."),
-        click.Option(["--dry-run"], is_flag=True, default=False, help="Check the options, print them, and exit."),
+        click.Option(["-n", "--dry-run"], is_flag=True, default=False, help="Check the options, print them, and exit."),
     ]
+    from ganstack.training import compat  # StyleGAN2-ADA's --aug/--p/--target/--augpipe/--subset/--fp32 ...
+    ada_pipe = next((o for o in schemas.get(compat.ADA, []) if o.name == "augpipe"), None)
+    params += compat.click_options(ada_pipe.choices if ada_pipe is not None else None)
     from ganstack.training import launch  # --gpus, --nodes, --launcher slurm (launch.py)
     params += launch.train_click_options()
     for plugin, schema in schemas.items():
@@ -206,9 +219,12 @@ def make_train_command(schemas: dict) -> click.Command:
 
     def callback(**kwargs):
         ctx = click.get_current_context()
+        given = _user_set(ctx, list(kwargs))
+        kwargs["plugins"], sg_user = compat.apply(kwargs, given, parse_stack)
         if launch.wants_launch(kwargs):  # other processes train: torch.distributed.run or a SLURM job
             return launch.launch_train(ctx, kwargs)
         cfg, _ = _config_from_cli(ctx, kwargs)
+        cfg.mark_user_set(sg_user)
         options = _plugin_options_from_cli(kwargs, schemas)
         names = kwargs["plugins"]
         if names is None and not kwargs["resume"]:
@@ -218,7 +234,8 @@ def make_train_command(schemas: dict) -> click.Command:
             flags = [_flag(p, o) for p in unused for o in options[p]]
             raise PluginError(f"{', '.join(flags)} given, but plugin(s) {', '.join(unused)} not enabled. "
                               f"Add them to --plugins (now: {names or 'none'}).")
-        run_training(cfg, names, options, kwargs["outdir"], resume=kwargs["resume"], dry_run=kwargs["dry_run"])
+        run_training(cfg, names, options, kwargs["outdir"], resume=kwargs["resume"], dry_run=kwargs["dry_run"],
+                     extra_startup=None if kwargs["resume"] else lambda stack: [compat.augment_line(stack)])
 
     return click.Command("train", params=params, callback=callback,
                          help="Train a GAN (StyleGAN2-ADA loop) with a stack of plugins.",
@@ -230,7 +247,8 @@ def make_train_command(schemas: dict) -> click.Command:
 # generate
 
 @click.command("generate")
-@click.option("--network", "network", required=True, help="Checkpoint file or run folder (newest snapshot).")
+@click.option("--network", "network", required=True,
+              help="Checkpoint file, run folder (newest snapshot) or official StyleGAN2-ADA network-snapshot-*.pkl.")
 @click.option("--seeds", type=SEED_LIST, default="0-15", show_default=True, help="Seeds, e.g. 0-63 or 1,5,9 (images).")
 @click.option("--trunc", "truncation_psi", type=finite_float(), default=1.0, show_default=True, help="Truncation psi.")
 @click.option("--class", "class_idx", type=int_range(0), default=None, help="Class label (conditional models).")

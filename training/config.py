@@ -81,6 +81,9 @@ class TrainConfig(RunOptions):
     conv_clamp: Optional[float] = None
     mlp_hidden: int = 128
     mlp_layers: int = 2
+    # fine-tuning start (training/transfer.py): weights of a pickle or checkpoint; D layers that do not train
+    init: Optional[str] = None
+    freezed: int = 0
     # run control
     tick: Optional[float] = None
     snap: int = 50
@@ -186,7 +189,8 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
             if isinstance(x, float) and not math.isfinite(x):
                 raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {x}.")
     ints = ("batch", "batch_gpu", "z_dim", "w_dim", "cbase", "cmax", "mlp_hidden", "mlp_layers", "workers",
-            "mbstd_group", "map_depth", "pl_interval", "r1_interval", "pl_batch_shrink", "snap", "image_snap", "keep")
+            "mbstd_group", "map_depth", "pl_interval", "r1_interval", "pl_batch_shrink", "snap", "image_snap", "keep",
+            "freezed")
     for name in ints:
         v = getattr(cfg, name)
         need(v is None or (isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 2 ** 31 - 1),
@@ -195,7 +199,7 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
         v = getattr(cfg, name)
         need(isinstance(v, (int, float)) and not isinstance(v, bool), f"--{name.replace('_', '-')} must be a number, got {v!r}.")
     for name, lo in (("z_dim", 1), ("w_dim", 1), ("cmax", 1), ("mlp_hidden", 1), ("mlp_layers", 1), ("workers", 0),
-                     ("mbstd_group", 0), ("map_depth", 0)):
+                     ("mbstd_group", 0), ("map_depth", 0), ("freezed", 0)):
         need(getattr(cfg, name) >= lo, f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(cfg, name)}.")
     need(isinstance(cfg.seed, int) and 0 <= cfg.seed <= 2 ** 32 - 1, f"--seed must be in 0..{2 ** 32 - 1}, got {cfg.seed!r}.")
     need(cfg.max_size is None or (isinstance(cfg.max_size, int) and cfg.max_size >= 1),

@@ -92,7 +92,10 @@ class Trainer:
     """One training run. ``run()`` trains to ``cfg.kimg``; ``step()`` does a single step (tests)."""
 
     def __init__(self, cfg, stack, dataset, run_dir: Optional[str] = None, resume: Optional[dict] = None,
-                 device=None, log: Callable[[str], None] = print, accelerator: Optional[Accelerator] = None):
+                 device=None, log: Callable[[str], None] = print, accelerator: Optional[Accelerator] = None,
+                 init=None):
+        """``init``: the weights of a new run (``--init``: a path or a read ``transfer.InitSource``; default
+        ``cfg.init``); a resumed run takes its weights from ``resume`` only."""
         self.cfg = cfg
         self.stack = stack
         self.dataset = dataset
@@ -115,6 +118,8 @@ class Trainer:
         import random
         random.seed(cfg.seed)
         self.nets = build_networks(stack, cfg, self.data_info, self.device)
+        from ganstack.training.transfer import apply_fine_tuning  # --init, --freezed
+        apply_fine_tuning(self.nets, cfg, None if resume is not None else (init or cfg.init), self.log)
         # From here on every rank draws its own random numbers (different latents per GPU).
         torch.manual_seed(cfg.seed * self.world + self.rank)
         self.gen = torch.Generator(device=self.device)
