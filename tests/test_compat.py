@@ -48,12 +48,10 @@ ERRORS = [  # (StyleGAN2-ADA flags, what the one-line message says)
     (["--aug", "noaug", "--ada-p", "0.3"], ["--ada-p given, but plugin(s) ada not enabled"]),
     (["--subset", "10", "--max-size", "20"], ["--subset 10 and --max-size 20 contradict"]),
     (["--cond=1"], ["--cond needs labels"]),
-    (["--fp32=0"], ["--fp32=0 (StyleGAN2-ADA) has no ganstack equivalent", "trains in FP32 unless --amp"]),
     (["--fp32=1", "--amp", "bf16"], ["--fp32=1 and --amp bf16 contradict"]),
-    (["--nhwc=1"], ["--nhwc=1", "NCHW"]),
     (["--nobench=0"], ["--nobench=0", "cuDNN benchmarking off"]),
-    (["--allow-tf32=1"], ["--allow-tf32=1", "TF32 defaults"]),
     (["--allow-tf32=0"], ["--allow-tf32=0", "TF32 defaults"]),
+    (["--fp32=0", "--mp-res", "2"], ["--fp32=0 and --mp-res 2 contradict"]),
     (["--mirror=2"], ["--mirror", "not a valid boolean"]),
 ]
 
@@ -86,3 +84,18 @@ def test_without_aug_the_run_log_says_ada_is_off(tmp_path, capsys):
     run = out / os.listdir(out)[0]
     assert OFF in open(run / "log.txt").read()
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ({"sg_fp32": False}, {"mp_res": 4, "mp_dtype": "fp16"}),
+    ({"sg_fp32": True}, {}),
+    ({"sg_nhwc": True}, {"channels_last": True}),
+    ({"sg_nhwc": False}, {}),
+    ({"sg_allow_tf32": True}, {"tf32": True}),
+])
+def test_speed_flags_map_onto_ganstack_options(flags, expected):
+    from ganstack.training import compat
+    kwargs = dict(flags, plugins=None, mp_res=0, mp_dtype="bf16", channels_last=False, tf32=False)
+    _, user = compat.apply(kwargs, set(), lambda text: [])
+    assert user == set(expected) and all(kwargs[k] == v for k, v in expected.items())
+    assert not any(k.startswith("sg_") for k in kwargs)

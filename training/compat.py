@@ -8,8 +8,9 @@ ganstack does instead; it never silently trains another model:
   them ganstack trains without augmentation, where StyleGAN2-ADA's default is ADA on: :func:`augment_line` says
   so at start-up.
 * ``--subset N`` is ``--max-size N``; ``--fp32=1`` is ganstack's default (FP32, ``--amp off``).
-* ``--fp32=0``, ``--nhwc=1``, ``--nobench=0`` and ``--allow-tf32`` ask for speed settings ganstack has no option
-  for: each is refused with what ganstack does.
+* ``--fp32=0`` is ``--mp-res 4 --mp-dtype fp16``, ``--nhwc=1`` is ``--channels-last``, ``--allow-tf32=1`` is
+  ``--tf32``; ``--nobench=0`` and ``--allow-tf32=0`` have no exact equivalent and are refused with what ganstack
+  does.
 
 The boolean ``--mirror=1`` / ``--cond=1`` forms and ``-n`` live with the options they belong to (training/cli.py).
 """
@@ -25,17 +26,20 @@ from ganstack.training.api import ConfigError
 ADA = "ada"  # the plugin StyleGAN2-ADA's augmentation flags map onto
 AUG_MODES = ("ada", "noaug", "fixed")
 
-# StyleGAN2-ADA speed flags: (flag, value ganstack behaves as, what ganstack does)
+# StyleGAN2-ADA speed flags: {flag value: the ganstack options it means, or None (refused)} and what ganstack does.
 SPEED_FLAGS = {
-    "fp32": ("--fp32", True, "ganstack trains in FP32 unless --amp bf16|fp16 (autocast over the whole step); it "
-                             "has no FP16 in the 4 highest resolutions (StyleGAN2-ADA's num_fp16_res=4)"),
-    "nhwc": ("--nhwc", False, "ganstack keeps PyTorch's default NCHW (contiguous) memory format and has no NHWC "
-                              "option"),
-    "nobench": ("--nobench", True, "ganstack leaves cuDNN benchmarking off (PyTorch's default), as --nobench=1 "
-                                   "does, and has no option to turn it on"),
-    "allow_tf32": ("--allow-tf32", None, "ganstack leaves PyTorch's TF32 defaults as they are (cuDNN convolutions "
-                                         "may use TF32 on Ampere and newer GPUs, matrix multiplies do not) and has "
-                                         "no option to change them"),
+    "fp32": ("--fp32", {True: {}, False: {"mp_res": 4, "mp_dtype": "fp16"}},
+             "--fp32=0 is StyleGAN2-ADA's FP16 in the 4 highest resolutions with conv clamping at 256, which is "
+             "ganstack's --mp-res 4 --mp-dtype fp16 (CUDA only); ganstack's default is FP32"),
+    "nhwc": ("--nhwc", {True: {"channels_last": True}, False: {}},
+             "--nhwc=1 is ganstack's --channels-last"),
+    "nobench": ("--nobench", {True: {}, False: None},
+                "ganstack leaves cuDNN benchmarking off (PyTorch's default), as --nobench=1 does, so that seeded "
+                "runs stay reproducible, and has no option to turn it on"),
+    "allow_tf32": ("--allow-tf32", {True: {"tf32": True}, False: None},
+                   "--allow-tf32=1 is ganstack's --tf32; without --tf32 ganstack leaves PyTorch's TF32 defaults "
+                   "(cuDNN convolutions may use TF32 on Ampere and newer GPUs), so the exact --allow-tf32=0 of "
+                   "StyleGAN2-ADA has no equivalent: drop it"),
 }
 
 
@@ -61,11 +65,12 @@ def click_options(augpipes=None) -> list[click.Option]:
         click.Option(["--subset", "sg_subset"], type=int_range(1), default=None,
                      help="StyleGAN2-ADA's name for --max-size N (use at most N images)."),
         _bool_option("--fp32", "sg_fp32", "StyleGAN2-ADA's --fp32=1 is ganstack's default (FP32); --fp32=0 is "
-                                          "refused (see --amp)."),
-        _bool_option("--nhwc", "sg_nhwc", "--nhwc=0 is ganstack's behaviour; --nhwc=1 is refused."),
+                                          "--mp-res 4 --mp-dtype fp16."),
+        _bool_option("--nhwc", "sg_nhwc", "--nhwc=0 is ganstack's default; --nhwc=1 is --channels-last."),
         _bool_option("--nobench", "sg_nobench", "--nobench=1 is ganstack's behaviour (no cuDNN benchmarking); "
                                                 "--nobench=0 is refused."),
-        _bool_option("--allow-tf32", "sg_allow_tf32", "Refused: ganstack leaves PyTorch's TF32 defaults."),
+        _bool_option("--allow-tf32", "sg_allow_tf32", "--allow-tf32=1 is --tf32; --allow-tf32=0 is refused "
+                                                        "(ganstack leaves PyTorch's TF32 defaults)."),
     ]
 
 
@@ -88,12 +93,19 @@ def apply(kwargs: dict, user_set: set, stack_names) -> tuple[Optional[str], set]
     subset = kwargs.pop("sg_subset", None)
     speed = {k: kwargs.pop(f"sg_{k}", None) for k in SPEED_FLAGS}
 
-    for key, (flag, ours, what) in SPEED_FLAGS.items():
+    for key, (flag, meaning, what) in SPEED_FLAGS.items():
         v = speed[key]
         if v is None:
             continue
-        if ours is None or bool(v) != ours:
-            raise ConfigError(f"{flag}={int(bool(v))} (StyleGAN2-ADA) has no ganstack equivalent: {what}. Drop it.")
+        ours = meaning[bool(v)]
+        if ours is None:
+            raise ConfigError(f"{flag}={int(bool(v))} (StyleGAN2-ADA) has no ganstack equivalent: {what}.")
+        for name, value in ours.items():
+            if name in user_set and kwargs.get(name) != value:
+                raise ConfigError(f"{flag}={int(bool(v))} and --{name.replace('_', '-')} {kwargs.get(name)} "
+                                  f"contradict ({what}). Give one of them.")
+            kwargs[name] = value
+            extra_user.add(name)
     if speed["fp32"] and "amp" in user_set and kwargs.get("amp") != "off":
         raise ConfigError(f"--fp32=1 and --amp {kwargs['amp']} contradict: --fp32=1 means FP32 (--amp off, "
                           f"ganstack's default). Give one of them.")
