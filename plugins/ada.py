@@ -117,6 +117,10 @@ def scale3d(sx, sy, sz, n, device):
     return _stack_matrix([[sx, 0, 0, 0], [0, sy, 0, 0], [0, 0, sz, 0], [0, 0, 0, 1]], n, device)
 
 
+# The luma axis ``v`` of sample_color as Python floats, computed once on the CPU (same float32 values).
+_LUMA_AXIS = (torch.tensor([1.0, 1.0, 1.0, 0.0]) / math.sqrt(3)).tolist()
+
+
 def rotate3d(v, theta, n, device):
     """Rotation by ``theta [n]`` around the unit axis ``v [4]`` (homogeneous)."""
     vx, vy, vz = (float(a) for a in v[:3])
@@ -382,7 +386,7 @@ class AugmentPipe:
         if self.hue > 0 and ch > 1:
             theta = (torch.rand([n], device=device) * 2 - 1) * np.pi * self.hue_max
             theta = self._where(self.hue * p, [n], theta, zeros, device)
-            C = rotate3d(v.tolist(), theta, n, device) @ C
+            C = rotate3d(_LUMA_AXIS, theta, n, device) @ C  # (v.tolist() would wait for the GPU)
         if self.saturation > 0 and ch > 1:
             s = torch.exp2(torch.randn([n, 1, 1], device=device) * self.saturation_std)
             s = self._where(self.saturation * p, [n, 1, 1], s, torch.ones_like(s), device)

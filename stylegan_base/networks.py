@@ -51,9 +51,13 @@ def _check_c(c: Optional[torch.Tensor], c_dim: int, batch: Optional[int], who: s
                          f'got {tuple(c.shape)} (if conditioning was extended, grow c_dim accordingly)')
 
 
-def _low_precision(use_fp16: bool, force_fp32: bool, device: torch.device) -> torch.dtype:
-    # fp16 blocks only on CUDA: CPU runs stay in fp32 (use autocast for bf16 instead).
-    return torch.float16 if (use_fp16 and not force_fp32 and device.type == 'cuda') else torch.float32
+def _low_precision(use_fp16: bool, force_fp32: bool, device: torch.device, dtype=None) -> torch.dtype:
+    # fp16 blocks only on CUDA: CPU runs stay in fp32. ``dtype`` (a block's ``lowp_dtype``, set by
+    # training/speed.py for --mp-dtype) may ask for bfloat16 instead, which also runs on a CPU.
+    dtype = torch.float16 if dtype is None else dtype
+    if not use_fp16 or force_fp32 or (device.type != 'cuda' and dtype != torch.bfloat16):
+        return torch.float32
+    return dtype
 
 
 # ---------------------------------------------------------------------------
@@ -259,7 +263,7 @@ class SynthesisBlock(torch.nn.Module):
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
                 force_fp32: bool = False, fused_modconv: Optional[bool] = None, noise_mode: str = 'random'):
         w_iter = iter(ws.unbind(dim=1))
-        dtype = _low_precision(self.use_fp16, force_fp32, ws.device)
+        dtype = _low_precision(self.use_fp16, force_fp32, ws.device, getattr(self, 'lowp_dtype', None))
         memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
         if fused_modconv is None:
             # Fused (grouped) modconv is only a win for inference; training uses the shared conv.
@@ -431,7 +435,7 @@ class DiscriminatorBlock(torch.nn.Module):
 
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], force_fp32: bool = False):
         device = (x if x is not None else img).device
-        dtype = _low_precision(self.use_fp16, force_fp32, device)
+        dtype = _low_precision(self.use_fp16, force_fp32, device, getattr(self, 'lowp_dtype', None))
         memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
 
         if x is not None:

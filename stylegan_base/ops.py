@@ -19,6 +19,9 @@ Speed notes (why the code looks the way it does):
   ``conv_transpose2d`` with stride ``up`` whose output is cropped in place through
   the transposed-conv ``padding`` argument; downsampling is a strided depthwise
   ``conv2d`` that only computes the pixels that are kept.
+* In eager mode every FIR is an autograd.Function whose backward is the adjoint FIR, so R1's and
+  path length's gradients of gradients run FIR forwards too: PyTorch's own double backward of a
+  grouped conv loops over the groups (one conv launch per channel, 512 per FIR layer at 32x32).
 * Inside ``torch.compile`` the up=1 FIR (which is what the heavy layers use: the
   filter after every upsampling conv and before every downsampling conv) is
   written as a weighted sum of shifted slices. Inductor fuses that into one
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from typing import Optional, Tuple
 
 import torch
@@ -56,16 +60,18 @@ class BackboneConfigError(GanstackError, ValueError):
 # ---------------------------------------------------------------------------
 # Implementation selection.
 
-_FIR_IMPLS = ('auto', 'conv', 'taps', 'ref')
+_FIR_IMPLS = ('auto', 'fold', 'conv', 'taps', 'ref')
 _fir_impl = 'auto'
 
 
 def set_fir_impl(impl: str) -> None:
     """Choose how ``upfirdn2d`` runs when called with ``impl='auto'``.
 
-    ``'auto'`` (default): depthwise conv in eager mode, shifted-slice taps inside
-    ``torch.compile`` for up=1. ``'conv'``/``'taps'`` force one formulation,
-    ``'ref'`` forces the slow zero-insertion reference (for comparisons).
+    ``'auto'`` (default): depthwise conv in eager mode, shifted-slice taps inside ``torch.compile``
+    for up=1. ``'conv'``: a depthwise (grouped) conv or transposed conv. ``'fold'``: the channels
+    folded into the batch, one single-channel (groups=1) conv (6-12x slower than ``'conv'`` on a CPU;
+    for measurement on GPUs). ``'taps'``: a weighted sum of shifted slices (up=1). ``'ref'``: the slow
+    zero-insertion reference (for comparisons).
     """
     if impl not in _FIR_IMPLS:
         raise ValueError(f'fir impl must be one of {_FIR_IMPLS}, got {impl!r}')
@@ -192,33 +198,77 @@ def _fir_taps(x: torch.Tensor, k: torch.Tensor, downx: int, downy: int) -> torch
     return y
 
 
+_filter_cache: dict = {}  # id(filter) -> (weakref to it, {key: prepared weight}); tensors compare elementwise,
+# so they cannot be dictionary keys themselves.
+
+
+def _prepared_filter(f2: torch.Tensor, dtype, flip: bool, gain: float, channels: int) -> torch.Tensor:
+    """``[channels, 1, fh, fw]`` conv weight from the 2-D filter ``f2`` (cast, flipped, scaled).
+
+    The filter is a constant buffer, so eager calls reuse the prepared weight (no cast/flip/repeat
+    kernels per call); the cache is keyed on the buffer's identity and version, so an in-place update
+    (``load_state_dict``) or another dtype/device prepares it again. Inside torch.compile it is traced.
+    """
+    def make():
+        k = f2.to(dtype)
+        if flip:
+            k = k.flip([0, 1])
+        if gain != 1:
+            k = k * gain
+        w = k.reshape(1, 1, k.shape[0], k.shape[1])
+        return w.repeat(channels, 1, 1, 1) if channels > 1 else w
+
+    if _is_compiling() or f2.requires_grad or torch.is_inference_mode_enabled() or f2._base is not None:
+        return make()  # traced, differentiable, inference tensors and per-call views are not cached
+    entry = _filter_cache.get(id(f2))
+    if entry is None or entry[0]() is not f2:
+        if len(_filter_cache) > 512:
+            for k_ in [k_ for k_, (r, _) in _filter_cache.items() if r() is None]:
+                del _filter_cache[k_]
+        entry = _filter_cache[id(f2)] = (weakref.ref(f2), {})
+    per = entry[1]
+    key = (f2._version, dtype, f2.device, bool(flip), float(gain), int(channels))
+    w = per.get(key)
+    if w is None:
+        if len(per) > 16:
+            per.clear()
+        with torch.no_grad():
+            w = per[key] = make()
+    return w
+
+
 def _upfirdn2d_single(x, f2, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain, impl):
     """upfirdn2d for one 2-D kernel ``f2`` of shape [fh, fw] (fh or fw may be 1)."""
-    C = x.shape[1]
+    N, C = x.shape[0], x.shape[1]
     fh, fw = int(f2.shape[0]), int(f2.shape[1])
-    k = f2.to(x.dtype)
-    if gain != 1:
-        k = k * gain
+    fold = impl == 'fold'
+    if fold:  # channels -> batch: one groups=1 conv (a view for contiguous x)
+        x = x.reshape(N * C, 1, x.shape[2], x.shape[3])
 
+    def unfold(y):
+        return y.reshape(N, C, y.shape[2], y.shape[3]) if fold else y
+
+    groups = 1 if fold else C
     if upx == 1 and upy == 1:
         # F.conv2d is a correlation: flip for the (default) true convolution.
-        kc = k if flip_filter else k.flip([0, 1])
         if fh == 1 and fw == 1:
-            return _crop_or_pad(x, px0, px1, py0, py1)[:, :, ::downy, ::downx] * kc[0, 0]
+            k = f2.to(x.dtype) * gain if gain != 1 else f2.to(x.dtype)
+            return unfold(_crop_or_pad(x, px0, px1, py0, py1)[:, :, ::downy, ::downx] * k[0, 0])
         if impl == 'taps':
+            k = f2.to(x.dtype) * gain if gain != 1 else f2.to(x.dtype)
+            kc = k if flip_filter else k.flip([0, 1])
             return _fir_taps(_crop_or_pad(x, px0, px1, py0, py1), kc, downx, downy)
-        w = kc.reshape(1, 1, fh, fw).repeat(C, 1, 1, 1)
+        w = _prepared_filter(f2, x.dtype, not flip_filter, gain, groups)
         if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
             # Symmetric zero padding: let the conv pad implicitly (saves a copy each way).
-            return F.conv2d(x, w, stride=(downy, downx), padding=(py0, px0), groups=C)
-        return F.conv2d(_crop_or_pad(x, px0, px1, py0, py1), w, stride=(downy, downx), groups=C)
+            return unfold(F.conv2d(x, w, stride=(downy, downx), padding=(py0, px0), groups=groups))
+        return unfold(F.conv2d(_crop_or_pad(x, px0, px1, py0, py1), w, stride=(downy, downx), groups=groups))
 
     # Upsampling: out_ct = (zero-inserted x) (*) k has length (H-1)*up + K, and the
     # reference result is out_ct[K-1-p0 : K-1-p0 + H*up + p0 + p1 - K + 1] with zeros
     # outside. Crop symmetrically through conv_transpose2d's own padding (so the
     # cropped pixels are never computed), then fix up the remainder.
     H, W = x.shape[2], x.shape[3]
-    kt = k.flip([0, 1]) if flip_filter else k
 
     def window(n, up, K, p0, p1):
         start = K - 1 - p0
@@ -230,12 +280,12 @@ def _upfirdn2d_single(x, f2, upx, upy, downx, downy, px0, px1, py0, py1, flip_fi
 
     symy, ey0, ey1 = window(H, upy, fh, py0, py1)
     symx, ex0, ex1 = window(W, upx, fw, px0, px1)
-    w = kt.reshape(1, 1, fh, fw).repeat(C, 1, 1, 1)
-    x = F.conv_transpose2d(x, w, stride=(upy, upx), padding=(symy, symx), groups=C)
+    w = _prepared_filter(f2, x.dtype, flip_filter, gain, groups)
+    x = F.conv_transpose2d(x, w, stride=(upy, upx), padding=(symy, symx), groups=groups)
     x = _crop_or_pad(x, ex0, ex1, ey0, ey1)
     if downx > 1 or downy > 1:
         x = x[:, :, ::downy, ::downx]
-    return x
+    return unfold(x)
 
 
 def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up=1, down=1, padding=0,
@@ -248,7 +298,7 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up=1, down=1, padding=
     (``flip_filter=True``: correlate), 4) keep every ``down``-th pixel. ``gain``
     scales the result. ``f`` is 2-D, 1-D (separable) or None (identity).
 
-    ``impl``: 'auto' (see :func:`set_fir_impl`), 'conv', 'taps' or 'ref'.
+    ``impl``: 'auto' (see :func:`set_fir_impl`), 'fold', 'conv', 'taps' or 'ref'.
     """
     if x.ndim != 4:
         raise ValueError(f'upfirdn2d expects [N, C, H, W], got shape {tuple(x.shape)}')
@@ -260,22 +310,53 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up=1, down=1, padding=
         impl = 'ref'
     if impl == 'ref':
         return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+    compiling = _is_compiling()
     if impl == 'auto':
-        impl = 'taps' if _is_compiling() else 'conv'
+        impl = 'taps' if compiling and _parse_scaling(up) == (1, 1) else 'conv'
+    if impl == 'taps' and _parse_scaling(up) != (1, 1):
+        impl = 'conv'  # up > 1 always runs as a transposed conv
 
     upx, upy = _parse_scaling(up)
     downx, downy = _parse_scaling(down)
     px0, px1, py0, py1 = _parse_padding(padding)
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    if f.ndim == 2:
-        return _upfirdn2d_single(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain, impl)
-    if f.ndim != 1:
+    if f.ndim not in (1, 2):
         raise ValueError(f'filter must be 1-D or 2-D, got shape {tuple(f.shape)}')
+    # Eager: an autograd.Function whose backward is the adjoint FIR (itself such a Function), so gradients
+    # of any order stay FIR forwards. Autograd's own double backward of a grouped conv (R1 and path
+    # length need it) would run one conv per channel. Inside torch.compile the plain ops are traced.
+    single = _upfirdn2d_single if (compiling or f.requires_grad) else _FIR.apply
+    if f.ndim == 2:
+        return single(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain, impl)
     g = math.sqrt(gain)
-    x = _upfirdn2d_single(x, f.reshape(1, -1), upx, 1, downx, 1, px0, px1, 0, 0, flip_filter, g, impl)
-    x = _upfirdn2d_single(x, f.reshape(-1, 1), 1, upy, 1, downy, 0, 0, py0, py1, flip_filter, g, impl)
+    x = single(x, f.reshape(1, -1), upx, 1, downx, 1, px0, px1, 0, 0, flip_filter, g, impl)
+    x = single(x, f.reshape(-1, 1), 1, upy, 1, downy, 0, 0, py0, py1, flip_filter, g, impl)
     return x
+
+
+class _FIR(torch.autograd.Function):
+    """``_upfirdn2d_single`` with the adjoint FIR as its backward (as the official CUDA op does): the
+    gradient of upfirdn(x; up, down, p, f) is upfirdn(dy; down, up, p', flipped f), so every order
+    of gradient runs the same fast forward formulation."""
+
+    @staticmethod
+    def forward(ctx, x, f2, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain, impl):
+        ctx.save_for_backward(f2)
+        ctx.args = (upx, upy, downx, downy, px0, py0, flip_filter, gain, impl, x.shape[2], x.shape[3])
+        return _upfirdn2d_single(x, f2, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain, impl)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (f2,) = ctx.saved_tensors
+        upx, upy, downx, downy, px0, py0, flip_filter, gain, impl, ih, iw = ctx.args
+        fh, fw = int(f2.shape[0]), int(f2.shape[1])
+        oh, ow = dy.shape[2], dy.shape[3]
+        p = [fw - px0 - 1, iw * upx - ow * downx + px0 - upx + 1,
+             fh - py0 - 1, ih * upy - oh * downy + py0 - upy + 1]
+        impl_b = 'conv' if impl == 'taps' and (downx > 1 or downy > 1) else impl  # adjoint of down is up
+        dx = _FIR.apply(dy, f2, downx, downy, upx, upy, p[0], p[1], p[2], p[3], not flip_filter, gain, impl_b)
+        return (dx,) + (None,) * 12
 
 
 def upfirdn2d_ref(x: torch.Tensor, f: Optional[torch.Tensor], up=1, down=1, padding=0,
@@ -381,6 +462,13 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     ``clamp``: None (or negative) disables clamping.
     Written as plain elementwise ops so torch.compile fuses it into one kernel.
     """
+    return _bias_act(x, b, dim, act, alpha, gain, clamp)
+
+
+def _bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, x_gain: float = 1.0,
+              b_gain: float = 1.0):
+    """:func:`bias_act` of ``x * x_gain`` and ``b * b_gain``: the layers fold their equalized-lr gains in
+    here instead of scaling the weight and the bias tensors (two kernels forward, two backward)."""
     spec = _act_spec(act)
     alpha = spec.def_alpha if alpha is None else float(alpha)
     gain = spec.def_gain if gain is None else float(gain)
@@ -391,18 +479,28 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
         shape[dim] = -1
         b = b.to(x.dtype).reshape(shape)
 
-    if act in _HOMOGENEOUS and gain > 0 and (b is not None or gain != 1) and not _is_compiling():
+    g = gain * x_gain
+    if act in _HOMOGENEOUS and gain > 0 and x_gain > 0 and (b is not None or g != 1) and not _is_compiling():
         # Eager only: act(x + b) * g == act(g*x + g*b) for g > 0, so one add pass plus the
         # activation in place on that fresh tensor (2 memory passes instead of 3). Under
         # torch.compile the plain form below fuses anyway; also, inductor (torch 2.13) drops
         # the alpha of add(bias, matmul, alpha=g) when it folds it into addmm.
-        y = x * gain if b is None else torch.add(b * gain, x, alpha=gain)
+        if b is None:
+            y = x * g
+        else:
+            bg = gain * b_gain
+            y = torch.add(b * bg if bg != 1 else b, x, alpha=g) if g != 1 else x + (b * bg if bg != 1 else b)
         if act == 'lrelu':
             y = F.leaky_relu_(y, alpha) if alpha > 0 else F.leaky_relu(y, alpha)
         elif act == 'relu':
             y = F.relu_(y)
     else:
-        y = x + b if b is not None else x
+        if x_gain != 1:
+            x = x * x_gain
+        if b is not None:
+            y = x + (b * b_gain if b_gain != 1 else b)
+        else:
+            y = x
         y = spec.func(y, alpha)
         if gain != 1:
             y = y * gain
@@ -607,11 +705,20 @@ class FullyConnectedLayer(torch.nn.Module):
         return b * self.bias_gain if self.bias_gain != 1 else b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.effective_weight(x.dtype)
-        b = self.effective_bias(x.dtype)
+        if _is_compiling() or x.dtype == torch.float16 or x.ndim != 2:
+            w = self.effective_weight(x.dtype)
+            b = self.effective_bias(x.dtype)
+            if self.activation == 'linear':
+                return F.linear(x, w, b)
+            return bias_act(F.linear(x, w), b, act=self.activation)
+        # Eager: the gains ride on addmm's alpha / the bias-add instead of scaling the parameters.
+        w = self.weight.to(x.dtype)
+        b = self.bias.to(x.dtype) if self.bias is not None else None
         if self.activation == 'linear':
-            return F.linear(x, w, b)
-        return bias_act(F.linear(x, w), b, act=self.activation)
+            if b is None:
+                return torch.mm(x, w.t()) * self.weight_gain
+            return torch.addmm(b * self.bias_gain if self.bias_gain != 1 else b, x, w.t(), alpha=self.weight_gain)
+        return _bias_act(torch.mm(x, w.t()), b, act=self.activation, x_gain=self.weight_gain, b_gain=self.bias_gain)
 
     def extra_repr(self) -> str:
         return (f'in_features={self.in_features}, out_features={self.out_features}, '
@@ -658,14 +765,19 @@ class Conv2dLayer(torch.nn.Module):
         return w if dtype is None else w.to(dtype)
 
     def forward(self, x: torch.Tensor, gain: float = 1) -> torch.Tensor:
-        w = self.effective_weight(x.dtype)
+        # The conv is linear in w: conv(x, w * g) = g * conv(x, w), so (eager, and where float16's range
+        # is not at stake) the weight gain joins the bias-add's scale instead of costing a weight scaling
+        # forward and backward.
+        fold = x.dtype != torch.float16 and not _is_compiling()
+        w = self.weight.to(x.dtype) if fold else self.effective_weight(x.dtype)
         b = self.bias.to(x.dtype) if self.bias is not None else None
         flip_weight = (self.up == 1)  # lets both conv paths skip the weight flip
         x = conv2d_resample(x, w, f=self.resample_filter, up=self.up, down=self.down, padding=self.padding,
                             flip_weight=flip_weight)
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, b, act=self.activation, gain=act_gain, clamp=act_clamp)
+        return _bias_act(x, b, act=self.activation, gain=act_gain, clamp=act_clamp,
+                         x_gain=self.weight_gain if fold else 1.0)
 
     def extra_repr(self) -> str:
         return (f'in_channels={self.in_channels}, out_channels={self.out_channels}, k={self.kernel_size}, '

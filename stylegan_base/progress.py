@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Iterable, Optional, TextIO
 
-__all__ = ['progress', 'Progress', 'live_enabled', 'format_duration']
+__all__ = ['progress', 'Progress', 'GridProgress', 'live_enabled', 'format_duration']
 
 
 def _forced() -> bool:
@@ -95,6 +95,7 @@ class Progress:
         self.log_interval = None if self.live else _log_interval()
         self._last_log = self.start
         self.lines_logged = 0
+        self.postfix = ''
         if self.live:
             try:
                 from tqdm import tqdm
@@ -123,6 +124,14 @@ class Progress:
             self.stream.write(self._text(now) + '\n')
             self.stream.flush()
 
+    def set_postfix(self, text: str) -> None:
+        """Extra words after the count (``2 running``), on the live display."""
+        self.postfix = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=True)
+        elif self.live and self._status_shown:
+            self._draw_status(time.monotonic())
+
     def _text(self, now: float) -> str:
         elapsed = now - self.start
         done = _format_count(self.n, self.unit)
@@ -137,7 +146,8 @@ class Progress:
     def _draw_status(self, now: float) -> None:
         self._last_draw = now
         self._status_shown = True
-        self.stream.write('\r' + self._text(now)[:200] + '\033[K')
+        text = self._text(now) + (f', {self.postfix}' if self.postfix else '')
+        self.stream.write('\r' + text[:200] + '\033[K')
         self.stream.flush()
 
     def close(self) -> None:
@@ -173,3 +183,61 @@ def progress(iterable: Optional[Iterable] = None, total: Optional[float] = None,
     if total is None and iterable is not None and hasattr(iterable, '__len__'):
         total = len(iterable)
     return Progress(total=total, desc=desc, unit=unit, stream=stream, delay=delay, iterable=iterable)
+
+
+class GridProgress:
+    """Progress of a grid of jobs (``ganstack ablate``'s cells): done, running, left and the time so far.
+
+    A live bar on a terminal (:class:`Progress`), and one plain line through ``log`` per finished job, which is
+    all that reaches a log file. ``initial`` jobs were finished before (a rerun skips them).
+    """
+
+    def __init__(self, total: int, initial: int = 0, desc: str = 'grid', unit: str = 'cell', log=print,
+                 stream: Optional[TextIO] = None):
+        self.total, self.done, self.failed, self.running = total, initial, 0, 0
+        self.unit = unit
+        self.log = log
+        self.start = time.monotonic()
+        self.bar = Progress(total=total, desc=desc, unit=unit, stream=stream, delay=0.0)
+        self.bar.log_interval = None  # the per-job lines below are the log's
+        if initial:
+            self.bar.update(initial)
+        self._postfix()
+
+    @property
+    def left(self) -> int:
+        return self.total - self.done - self.failed - self.running
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix(f'{self.running} running, {self.left} left'
+                             + (f', {self.failed} failed' if self.failed else ''))
+
+    def started(self, n: int = 1) -> None:
+        self.running += n
+        self._postfix()
+
+    def finished(self, what: str, error: Optional[str] = None) -> str:
+        """One job ended; logs and returns its line."""
+        self.running = max(self.running - 1, 0)
+        if error is None:
+            self.done += 1
+        else:
+            self.failed += 1
+        self.bar.update(1)
+        self._postfix()
+        line = (f'{"done" if error is None else "FAILED"}: {what}' + (f' ({error})' if error else '')
+                + f'  [{self.done}/{self.total} {self.unit}s done, ' + (f'{self.failed} failed, ' if self.failed else '')
+                + f'{self.running} running, {self.left} left; {format_duration(time.monotonic() - self.start)} '
+                  f'so far]')
+        self.log(line)
+        return line
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

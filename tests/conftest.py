@@ -21,6 +21,16 @@ TINY_POINTS = dict(data="toy:gaussians25?n=2048", cfg="toy", batch=32, mlp_hidde
                    mlp_g="paper")  # the small paper G: fast, and independent of --batch-gpu (no BatchNorm)
 
 
+def run_cli(args) -> int:
+    """``ganstack ARGS`` in this process; its exit status."""
+    from ganstack.training.cli import main
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
 def make_config(**kw) -> TrainConfig:
     base = dict(TINY_POINTS)
     if str(kw.get("data", "")).startswith("shapes") or kw.get("image"):

@@ -137,14 +137,14 @@ def test_upfirdn2d_matches_literal_definition(case):
     x = rng.standard_normal((8, 7))
     f = ops.setup_filter(taps).double()
     want = numpy_upfirdn2d(x, f.numpy(), up, down, p, flip, gain)
-    for impl in ['conv', 'taps', 'ref']:
+    for impl in ['fold', 'conv', 'taps', 'ref']:
         got = ops.upfirdn2d(torch.from_numpy(x)[None, None], f, up=up, down=down, padding=list(p),
                             flip_filter=flip, gain=gain, impl=impl)[0, 0].numpy()
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize('case', FIR_CASES)
-@pytest.mark.parametrize('impl', ['conv', 'taps', 'ref'])
+@pytest.mark.parametrize('impl', ['fold', 'conv', 'taps', 'ref'])
 @pytest.mark.parametrize('separable', [False, True])
 def test_upfirdn2d_fast_matches_reference_values_and_grads(case, impl, separable):
     shape, up, down, padding, flip, gain, taps = case
@@ -202,7 +202,7 @@ def test_resampling_preserves_constant_signal():
     assert torch.allclose(ops.downsample2d(x, f)[:, :, 1:-1, 1:-1], torch.ones(1, 1, 2, 2))
 
 
-@pytest.mark.parametrize('impl', ['conv', 'taps'])
+@pytest.mark.parametrize('impl', ['fold', 'conv', 'taps'])
 def test_resampling_gradcheck_and_gradgradcheck(impl):
     torch.manual_seed(2)
     f = ops.setup_filter([1, 3, 3, 1])

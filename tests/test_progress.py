@@ -66,8 +66,8 @@ def _read_all(fd):
     return out.decode(errors="replace")
 
 
-@pytest.mark.parametrize("backend", ["tqdm", "builtin"])
-def test_live_on_a_terminal(monkeypatch, backend):
+def _terminal(monkeypatch, backend):
+    """A pseudo-terminal with a size: ``(master fd, stream)``; ``backend`` builtin hides tqdm."""
     if backend == "builtin":  # without tqdm installed: the built-in status line
         real_import = builtins.__import__
 
@@ -79,8 +79,13 @@ def test_live_on_a_terminal(monkeypatch, backend):
     else:
         pytest.importorskip("tqdm")
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a real terminal has a size
-    stream = os.fdopen(slave, "w")
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real terminal has a size
+    return master, os.fdopen(slave, "w")
+
+
+@pytest.mark.parametrize("backend", ["tqdm", "builtin"])
+def test_live_on_a_terminal(monkeypatch, backend):
+    master, stream = _terminal(monkeypatch, backend)
     bar = _count(stream, n=3, delay=0)
     assert bar.live and (bar._bar is not None) == (backend == "tqdm")
     stream.close()
@@ -130,3 +135,43 @@ def test_download_shows_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stderr", sys.__stderr__)
     assert open(tmp, "rb").read() == src.read_bytes()
     assert "downloading weights.bin" in err.getvalue()
+
+
+def test_ablate_grid_shows_cells_done_running_left(tmp_path, monkeypatch, capsys):
+    """Not a terminal: no bar, one plain line per finished cell with done / running / left and the time."""
+    from ganstack.training import ablate as ab
+    monkeypatch.setattr("ganstack.training.loop.save_scatter_panels", lambda *a, **k: False)
+    monkeypatch.setenv("GANSTACK_PROGRESS_INTERVAL", "0")  # even the most talkative log setting stays per cell
+    settings = dict(data="toy:gaussians25?n=512", kimg=0.064, tick=0.064, batch=32, mlp_hidden=8, workers=0,
+                    image_snap=100)
+    lines = []
+    ab.ablate(str(tmp_path / "grid"), ["none"], [0, 1], dict(settings), log=lines.append)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "ablate" not in err  # no bar into a non-terminal
+    done = [line for line in lines if line.startswith("done: ")]
+    assert len(done) == 2
+    assert done[0].startswith("done: none seed 0  [1/2 cells done, 0 running, 1 left; ")
+    assert done[1].startswith("done: none seed 1  [2/2 cells done, 0 running, 0 left; ")
+    assert done[1].endswith(" so far]")
+    lines.clear()
+    ab.ablate(str(tmp_path / "grid"), ["none"], [0, 1], dict(settings), log=lines.append)  # nothing left to do
+    assert not [line for line in lines if line.startswith("done: ")]
+
+
+@pytest.mark.parametrize("backend", ["tqdm", "builtin"])
+def test_grid_progress_live_on_a_terminal(monkeypatch, backend):
+    from ganstack.stylegan_base.progress import GridProgress
+    master, stream = _terminal(monkeypatch, backend)
+    lines = []
+    with GridProgress(4, initial=1, desc="ablate", log=lines.append, stream=stream) as grid:
+        grid.started(2)
+        assert (grid.done, grid.running, grid.left) == (1, 2, 1)
+        grid.finished("a seed 0")
+        grid.started()
+        grid.finished("b seed 0", error="RuntimeError: boom")
+    stream.close()
+    text = _read_all(master)
+    os.close(master)
+    assert "ablate" in text and "running" in text and "left" in text
+    assert lines[0].startswith("done: a seed 0  [2/4 cells done, 1 running, 1 left; ")
+    assert lines[1].startswith("FAILED: b seed 0 (RuntimeError: boom)  [2/4 cells done, 1 failed, 1 running, 0 left; ")

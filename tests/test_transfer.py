@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_config
+from conftest import make_config, make_trainer, run_cli
 from official_format import (official_discriminator, official_generator, ref_discriminator, ref_generator,
                              write_official_pickle)
 
@@ -16,7 +16,6 @@ from ganstack.stylegan_base.errors import CheckpointError
 from ganstack.stylegan_base.networks import Discriminator
 from ganstack.training import transfer
 from ganstack.training.api import ConfigError
-from ganstack.training.cli import main
 from ganstack.training.config import resolve
 from ganstack.training.inference import load_model
 from ganstack.training.nets import build_networks
@@ -36,14 +35,6 @@ def _pickle(path, c_dim=0, **kw):
     return G, D, G_ema
 
 
-def _run(args) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
-
-
 def _z(n=3):
     return torch.from_numpy(np.random.RandomState(0).randn(n, 16)).float()
 
@@ -51,7 +42,7 @@ def _z(n=3):
 def test_import_pkl_writes_a_checkpoint_generate_reads(tmp_path, capsys):
     src, dest = tmp_path / "network-snapshot-000200.pkl", tmp_path / "imported.pt"
     G, D, G_ema = _pickle(src, conv_clamp=256)
-    assert _run(["import-pkl", str(src), str(dest)]) == 0
+    assert run_cli(["import-pkl", str(src), str(dest)]) == 0
     out = capsys.readouterr().out
     assert "Imported D, G, G_ema" in out and "16x16x3" in out and "conv_clamp 256" in out
     model = load_model(str(dest), device="cpu")
@@ -65,10 +56,10 @@ def test_import_pkl_writes_a_checkpoint_generate_reads(tmp_path, capsys):
     assert len(ckpt["imported_from"]["sha256"]) == 64
     # generate --network on the imported checkpoint writes images
     outdir = tmp_path / "imgs"
-    assert _run(["generate", "--network", str(dest), "--seeds", "0-1", "--outdir", str(outdir), "--device", "cpu"]) == 0
+    assert run_cli(["generate", "--network", str(dest), "--seeds", "0-1", "--outdir", str(outdir), "--device", "cpu"]) == 0
     assert sorted(os.listdir(outdir)) == ["seed0000.png", "seed0001.png"]
     # DEST is not overwritten silently
-    assert _run(["import-pkl", str(src), str(dest)]) == 2
+    assert run_cli(["import-pkl", str(src), str(dest)]) == 2
 
 
 def test_import_pkl_refuses_what_train_cannot_rebuild(tmp_path):
@@ -195,3 +186,137 @@ def test_freezed_counts_layers_as_stylegan2_ada(arch):
         transfer.freeze_discriminator_layers(D, -1)
     with pytest.raises(ConfigError, match="StyleGAN2 discriminator"):
         transfer.freeze_discriminator_layers(torch.nn.Linear(2, 2), 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Official pickles where a checkpoint is accepted: generate --network X.pkl, metrics --network X.pkl
+
+def test_generate_from_an_official_pickle_writes_the_official_images(tmp_path):
+    import imageio.v2 as imageio
+
+    src = tmp_path / "network-snapshot-000200.pkl"
+    _, _, G_ema = _pickle(src, conv_clamp=256)
+    model = load_model(str(src), device="cpu")  # read in memory, no checkpoint file written
+    z = _z()
+    for psi in (1.0, 0.7):
+        assert (model.sample(z, truncation_psi=psi, noise_mode="const")
+                - ref_generator(G_ema, z, None, psi=psi)).abs().max() < 1e-3
+    assert sorted(os.listdir(tmp_path)) == [src.name]
+    outdir = tmp_path / "imgs"
+    for psi in ("1", "0.7"):
+        assert run_cli(["generate", "--network", str(src), "--seeds", "3,5", "--trunc", psi, "--outdir", str(outdir),
+                     "--device", "cpu"]) == 0
+        for seed in (3, 5):
+            zs = torch.from_numpy(np.random.RandomState(seed).randn(1, 16)).float()
+            ref = ((ref_generator(G_ema, zs, None, psi=float(psi))[0] + 1) * 127.5).clamp(0, 255)
+            png = torch.from_numpy(imageio.imread(outdir / f"seed{seed:04d}.png")).permute(2, 0, 1).float()
+            # uint8 rounding (0.5) plus 1e-3 of the [-1, 1] range
+            assert (png - ref).abs().max() <= 0.5 + 1e-3 * 127.5
+
+
+def test_metrics_on_an_official_pickle(tmp_path, monkeypatch, capsys):
+    import json
+
+    from test_metrics import StandInDetector
+
+    from ganstack.metrics import detectors
+    torch.manual_seed(0)
+    det = tmp_path / "stand-in.pt"
+    torch.jit.script(StandInDetector()).save(str(det))
+    monkeypatch.setenv("GANSTACK_CACHE", str(tmp_path / "cache"))
+    detectors._loaded.clear()
+    src = tmp_path / "pkl" / "network-snapshot-000200.pkl"
+    src.parent.mkdir()
+    _pickle(src)
+    dest = tmp_path / "pt" / "imported.pt"
+    dest.parent.mkdir()
+    transfer.import_pkl(str(src), str(dest))
+    args = ["--metrics", "fid64_full", "--data", "shapes16?n=80", "--detector", str(det), "--device", "cpu"]
+    assert run_cli(["metrics", "--network", str(src)] + args) == 0
+    assert run_cli(["metrics", "--network", str(dest)] + args) == 0
+    got = [json.loads(s) for s in open(src.parent / "metric-fid64_full.jsonl")]
+    ref = [json.loads(s) for s in open(dest.parent / "metric-fid64_full.jsonl")]
+    assert got[0]["snapshot"] == src.name and got[0]["kimg"] == 0
+    assert got[0]["results"]["fid64_full"] == pytest.approx(ref[0]["results"]["fid64_full"], rel=1e-6)
+    assert got[0]["results"]["fid64_full"] > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# ganstack train --init / --freezed
+
+def test_trainer_init_starts_from_the_pickles_weights_and_trains(tmp_path):
+
+    src = tmp_path / "snap.pkl"
+    G, D, G_ema = _pickle(src)
+    tr = make_trainer([], image=True, init=str(src))
+    z = _z()
+    with torch.no_grad():
+        assert (tr.G_ema(z, None, noise_mode="const") - ref_generator(G_ema, z, None)).abs().max() < 1e-3
+        assert (tr.G(z, None, noise_mode="const") - ref_generator(G, z, None)).abs().max() < 1e-3
+    # fresh optimiser state, counters at zero
+    assert tr.cur_nimg == 0 and not tr.G_opt.state and not tr.D_opt.state
+    before = {k: v.clone() for k, v in tr.G.state_dict().items()}
+    for _ in range(2):
+        tr.step()
+    assert any(not torch.equal(before[k], v) for k, v in tr.G.state_dict().items())
+    assert all(torch.isfinite(v).all() for v in tr.G.state_dict().values())
+
+
+def test_train_init_and_freezed_from_the_command_line(tmp_path, capsys):
+    src = tmp_path / "network-snapshot-000200.pkl"
+    _, D, _ = _pickle(src, conv_clamp=256)
+    out = tmp_path / "runs"
+    # no architecture options given: the run takes them from the pickle (cbase, cmax, z/w, mapping, conv_clamp)
+    base = ["train", "--data", "shapes16?n=64", "--cfg", "stylegan2", "--batch", "4", "--mbstd-group", "2",
+            "--workers", "0", "--outdir", str(out), "--device", "cpu", "--init", str(src)]
+    assert run_cli(base + ["--freezed", "3", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "Init:" in text and "cbase=512" in text and "conv_clamp=256" in text and "Freeze-D:" in text
+    assert not out.exists() or not os.listdir(out)
+    assert run_cli(base + ["--freezed", "3", "--kimg", "0.016", "--snap", "1", "--tick", "0.008"]) == 0
+    text = capsys.readouterr().out
+    assert "tensors copied" in text and "b16.fromrgb, b16.conv0, b16.conv1 do not train" in text
+    run = out / os.listdir(out)[0]
+    ckpt = torch.load(run / "network-snapshot-000000.pt", weights_only=True)  # 16 images: kimg 0
+    assert ckpt["config"]["init"] == str(src) and ckpt["config"]["freezed"] == 3
+    assert ckpt["cur_nimg"] == 16
+    official = D.flat()
+    for name in ("b16.fromrgb.weight", "b16.fromrgb.bias", "b16.conv0.weight", "b16.conv1.bias"):
+        assert torch.equal(ckpt["D"][name], official[name]), name  # frozen: bit-identical
+    for name in ("b16.skip.weight", "b8.conv0.weight", "b4.fc.weight", "b4.out.bias"):
+        assert not torch.equal(ckpt["D"][name], official[name]), name  # later layers train
+    # a resumed run keeps the same layers frozen (the optimiser state fits) and does not re-read --init
+    os.remove(src)
+    assert run_cli(["train", "--resume", str(run), "--kimg", "0.032", "--outdir", str(out)]) == 0
+    capsys.readouterr()
+
+
+def test_train_init_bad_input_is_one_paragraph_exit_2(tmp_path, capsys):
+    src = tmp_path / "snap.pkl"
+    _pickle(src)
+    base = ["train", "--data", "shapes16?n=64", "--cfg", "stylegan2", "--batch", "4", "--mbstd-group", "2",
+            "--workers", "0", "--outdir", str(tmp_path / "runs"), "--device", "cpu", "--dry-run"]
+    lr = tmp_path / "lr.pkl"
+    G = official_generator(**OFFICIAL)
+    G.modules["mapping"].kwargs["lr_multiplier"] = 0.1
+    for layer in G.modules["mapping"].modules.values():
+        layer.attrs["weight_gain"] *= 10
+        layer.attrs["bias_gain"] = 0.1
+    write_official_pickle(str(lr), G_ema=G)
+    ckpt = tmp_path / "imported.pt"
+    transfer.import_pkl(str(src), str(ckpt))
+    cases = [
+        (["--init", str(src), "--resume", str(ckpt)], ["--resume continues a run exactly", "Give one of them"]),
+        (["--resume", str(src)], ["official StyleGAN2-ADA", f"--init {src}"]),
+        (["--resume", str(ckpt)], ["cannot be resumed", f"--init {ckpt}"]),
+        (["--init", str(lr)], ["G mapping lr_multiplier=0.1", "cannot start from them"]),
+        (["--init", str(src), "--freezed", "40"], ["--freezed 40", "only 7 layers", "b16.fromrgb ... b8.skip", "--freezed 0..7"]),
+        (["--init", str(src), "--cbase", "256"], ["do not fit", "--cbase"]),
+        (["--init", str(tmp_path / "nope.pkl")], ["no such file"]),
+    ]
+    for extra, expected in cases:
+        assert run_cli(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.strip().count("\n") == 0, err
+        for e in expected:
+            assert e in err, (extra, e, err)

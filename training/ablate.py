@@ -425,23 +425,26 @@ def run_grid(cells: list[Cell], settings: dict, jobs: int = 1, devices: Optional
     if skipped:
         log(f"Skipping {skipped} finished cell(s).")
     errors = {}
+    from ganstack.stylegan_base.progress import GridProgress  # cells done / running / left, time so far
     if jobs <= 1 or len(todo) <= 1:
         device = devices[0] if devices else None
-        for i, cell in enumerate(todo):
-            resumed = " (resuming)" if newest_checkpoint(cell.dir) else ""
-            log(f"[{i + 1}/{len(todo)}] {cell.stack.label}  seed {cell.seed}{resumed}")
-            try:
-                run_cell(cell, settings, device=device)
-                errors[cell.dir] = None
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # noqa: BLE001
-                if not keep_going or isinstance(exc, ConfigError):
+        with GridProgress(len(cells), initial=skipped, desc="ablate", log=log) as grid:
+            for i, cell in enumerate(todo):
+                resumed = " (resuming)" if newest_checkpoint(cell.dir) else ""
+                log(f"[{i + 1}/{len(todo)}] {cell.stack.label}  seed {cell.seed}{resumed}")
+                grid.started()
+                try:
+                    run_cell(cell, settings, device=device)
+                    errors[cell.dir] = None
+                except (KeyboardInterrupt, SystemExit):
                     raise
-                errors[cell.dir] = f"{type(exc).__name__}: {exc}"
-                log(f"  cell failed: {errors[cell.dir]}")
-                _write_cell(cell.dir, dict(_read_cell(cell.dir), status="failed", error=errors[cell.dir],
-                                           traceback=traceback.format_exc()))
+                except Exception as exc:  # noqa: BLE001
+                    if not keep_going or isinstance(exc, ConfigError):
+                        raise
+                    errors[cell.dir] = f"{type(exc).__name__}: {exc}"
+                    _write_cell(cell.dir, dict(_read_cell(cell.dir), status="failed", error=errors[cell.dir],
+                                               traceback=traceback.format_exc()))
+                grid.finished(f"{cell.stack.label} seed {cell.seed}", errors[cell.dir])
         return errors
     import concurrent.futures
     import multiprocessing
@@ -454,16 +457,19 @@ def run_grid(cells: list[Cell], settings: dict, jobs: int = 1, devices: Optional
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log(f"Running {len(todo)} cell(s), {jobs} at a time on {', '.join(devices[:jobs])}.")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(queue, threads)) as pool:
+                                                initargs=(queue, threads)) as pool, \
+            GridProgress(len(cells), initial=skipped, desc="ablate", log=log) as grid:
         futures = {pool.submit(_run_cell_in_worker, c, settings): c for c in todo}
+        grid.started(min(jobs, len(todo)))
         for fut in concurrent.futures.as_completed(futures):
             cell = futures[fut]
             _, err = fut.result()
             errors[cell.dir] = err
-            log(f"  {'done' if err is None else 'FAILED'}: {cell.stack.label} seed {cell.seed}"
-                + (f" ({err})" if err else ""))
             if err:
                 _write_cell(cell.dir, dict(_read_cell(cell.dir), status="failed", error=err))
+            grid.finished(f"{cell.stack.label} seed {cell.seed}", err)
+            if grid.left > 0:
+                grid.started()  # the pool starts the next cell
     return errors
 
 

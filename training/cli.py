@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import importlib.metadata as importlib_metadata
 import os
+import sys
 from typing import Optional
+
+if "torch" not in sys.modules:
+    # Read once by OpenMP when torch loads: idle intra-op threads sleep instead of spinning, so runs that
+    # share a small CPU do not slow each other down ~30x (benchmarks/bench_threads.py; training/speed.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click
 
@@ -104,12 +110,21 @@ TRAIN_OPTIONS = [
     ("--mbstd-group", "mbstd_group", dict(type=INT, default=None, help="Minibatch-std group size [default: preset]")),
     ("--d-architecture", "d_architecture", dict(type=click.Choice(["orig", "skip", "resnet"]), default=None,
                                                 help="D architecture [default: resnet, orig for cifar]")),
+    ("--init", "init", dict(type=str, default=None,
+                            help="Start a new run from the G/D/G_ema weights of an official StyleGAN2-ADA / StyleGAN3 "
+                                 "network-snapshot-*.pkl or a ganstack checkpoint (StyleGAN2-ADA's --resume PKL); "
+                                 "optimiser and plugin state start fresh. Not with --resume.")),
+    ("--freezed", "freezed", dict(type=int_range(0), default=0, show_default=True,
+                                  help="Freeze the first N layers of D (StyleGAN2-ADA's Freeze-D).")),
     ("--mlp-hidden", "mlp_hidden", dict(type=INT, default=128, show_default=True, help="Hidden width of the MLP (point data).")),
     ("--mlp-g", "mlp_g", dict(type=click.Choice(["pacgan", "paper"]), default=None,
                               help="Toy generator: pacgan = 4 x 400 ReLU + BatchNorm, paper = D's LeakyReLU MLP "
                                    "(--mlp-hidden) [default: pacgan]")),
-    ("--cond", "cond", dict(is_flag=True, default=False, help="Train a class-conditional model (needs labels).")),
-    ("--mirror", "mirror", dict(is_flag=True, default=False, help="Add x-flipped copies of the images.")),
+    # --cond / --mirror, and StyleGAN2-ADA's --cond=1 / --mirror=0 forms
+    ("--cond", "cond", dict(type=click.BOOL, is_flag=False, flag_value=True, default=False, metavar="[BOOL]",
+                            help="Train a class-conditional model (needs labels).")),
+    ("--mirror", "mirror", dict(type=click.BOOL, is_flag=False, flag_value=True, default=False, metavar="[BOOL]",
+                                help="Add x-flipped copies of the images.")),
     ("--max-size", "max_size", dict(type=POSITIVE_INT, default=None, help="Use at most this many dataset items.")),
     ("--tick", "tick", dict(type=FINITE_FLOAT, default=None, help="kimg per tick (status line) [default: 4, 20 for points]")),
     ("--snap", "snap", dict(type=INT, default=50, show_default=True, help="Ticks between checkpoints and pictures.")),
@@ -119,6 +134,21 @@ TRAIN_OPTIONS = [
     ("--amp", "amp", dict(type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
                           help="Mixed precision on GPU (autocast).")),
     ("--device", "device", dict(type=DEVICE, default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")),
+    # speed (training/speed.py)
+    ("--compile", "compile", dict(type=click.Choice(["off", "default", "reduce-overhead", "max-autotune",
+                                                     "max-autotune-no-cudagraphs"]), default="off", show_default=True,
+                                  help="torch.compile G and D (R1/path-length phases run eagerly); "
+                                       "reduce-overhead adds CUDA graphs.")),
+    ("--mp-res", "mp_res", dict(type=int, default=0, show_default=True,
+                                help="Run the N highest resolutions of G and D in reduced precision (StyleGAN2-ADA: 4).")),
+    ("--mp-dtype", "mp_dtype", dict(type=click.Choice(["bf16", "fp16"]), default="bf16", show_default=True,
+                                    help="Dtype of the --mp-res blocks (fp16 on CUDA only).")),
+    ("--channels-last", "channels_last", dict(is_flag=True, default=False, help="NHWC activations and weights in the image blocks.")),
+    ("--tf32", "tf32", dict(is_flag=True, default=False, help="Allow TF32 matmuls/convolutions on the GPU.")),
+    ("--sync-debug", "sync_debug", dict(is_flag=True, default=False,
+                                        help="Fail on any host-device sync inside a training step.")),
+    ("--threads", "threads", dict(type=int, default=None,
+                                  help="CPU threads [default: 1 for point data, else the CPUs (split by ablate --jobs)].")),
     ("--tensorboard", "tensorboard", dict(is_flag=True, default=False, help="Also log to TensorBoard in the run folder.")),
     ("--allow-nonfinite", "allow_nonfinite", dict(is_flag=True, default=False,
                                                   help="Keep training when losses or weights become non-finite "
@@ -157,10 +187,11 @@ def _plugin_options_from_cli(kwargs, schemas) -> dict:
 
 
 def run_training(cfg: TrainConfig, plugin_names, plugin_options: dict, outdir: str,
-                 resume: Optional[str] = None, dry_run: bool = False, log=None, device=None) -> Optional[str]:
+                 resume: Optional[str] = None, dry_run: bool = False, log=None, device=None,
+                 extra_startup=None) -> Optional[str]:
     """Everything ``ganstack train`` does after parsing (:func:`ganstack.training.run.run_training`)."""
     return _run_training(cfg, plugin_names, plugin_options, outdir, resume=resume, dry_run=dry_run, log=log,
-                         device=device, flag=flag_of)
+                         device=device, flag=flag_of, extra_startup=extra_startup)
 
 
 def make_train_command(schemas: dict) -> click.Command:
@@ -175,8 +206,11 @@ def make_train_command(schemas: dict) -> click.Command:
                      help="Continue exactly from a checkpoint file or the newest one in a run folder; only "
                           + ", ".join(flag_of(f) for f in RESUME_MUTABLE) + " may change (--data: the same data "
                           "at another path)."),
-        click.Option(["--dry-run"], is_flag=True, default=False, help="Check the options, print them, and exit."),
+        click.Option(["-n", "--dry-run"], is_flag=True, default=False, help="Check the options, print them, and exit."),
     ]
+    from ganstack.training import compat  # StyleGAN2-ADA's --aug/--p/--target/--augpipe/--subset/--fp32 ...
+    ada_pipe = next((o for o in schemas.get(compat.ADA, []) if o.name == "augpipe"), None)
+    params += compat.click_options(ada_pipe.choices if ada_pipe is not None else None)
     from ganstack.training import launch  # --gpus, --nodes, --launcher slurm (launch.py)
     params += launch.train_click_options()
     for plugin, schema in schemas.items():
@@ -188,9 +222,12 @@ def make_train_command(schemas: dict) -> click.Command:
 
     def callback(**kwargs):
         ctx = click.get_current_context()
+        given = _user_set(ctx, list(kwargs))
+        kwargs["plugins"], sg_user = compat.apply(kwargs, given, parse_stack)
         if launch.wants_launch(kwargs):  # other processes train: torch.distributed.run or a SLURM job
             return launch.launch_train(ctx, kwargs)
         cfg, _ = _config_from_cli(ctx, kwargs)
+        cfg.mark_user_set(sg_user)
         options = _plugin_options_from_cli(kwargs, schemas)
         names = kwargs["plugins"]
         if names is None and not kwargs["resume"]:
@@ -200,7 +237,8 @@ def make_train_command(schemas: dict) -> click.Command:
             flags = [_flag(p, o) for p in unused for o in options[p]]
             raise PluginError(f"{', '.join(flags)} given, but plugin(s) {', '.join(unused)} not enabled. "
                               f"Add them to --plugins (now: {names or 'none'}).")
-        run_training(cfg, names, options, kwargs["outdir"], resume=kwargs["resume"], dry_run=kwargs["dry_run"])
+        run_training(cfg, names, options, kwargs["outdir"], resume=kwargs["resume"], dry_run=kwargs["dry_run"],
+                     extra_startup=None if kwargs["resume"] else lambda stack: [compat.augment_line(stack)])
 
     return click.Command("train", params=params, callback=callback,
                          help="Train a GAN (StyleGAN2-ADA loop) with a stack of plugins.",
@@ -212,7 +250,8 @@ def make_train_command(schemas: dict) -> click.Command:
 # generate
 
 @click.command("generate")
-@click.option("--network", "network", required=True, help="Checkpoint file or run folder (newest snapshot).")
+@click.option("--network", "network", required=True,
+              help="Checkpoint file, run folder (newest snapshot) or official StyleGAN2-ADA network-snapshot-*.pkl.")
 @click.option("--seeds", type=SEED_LIST, default="0-15", show_default=True, help="Seeds, e.g. 0-63 or 1,5,9 (images).")
 @click.option("--trunc", "truncation_psi", type=finite_float(), default=1.0, show_default=True, help="Truncation psi.")
 @click.option("--class", "class_idx", type=int_range(0), default=None, help="Class label (conditional models).")

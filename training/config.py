@@ -93,6 +93,9 @@ class TrainConfig(RunOptions):
     mlp_hidden: int = 128
     mlp_layers: int = 2
     mlp_g: Optional[str] = None  # point data: "pacgan" (toy preset) or "paper"; see MLP_GENERATORS
+    # fine-tuning start (training/transfer.py): weights of a pickle or checkpoint; D layers that do not train
+    init: Optional[str] = None
+    freezed: int = 0
     # run control
     tick: Optional[float] = None
     snap: int = 50
@@ -104,6 +107,14 @@ class TrainConfig(RunOptions):
     amp: str = "off"
     tensorboard: bool = False
     allow_nonfinite: bool = False
+    # speed (training/speed.py): switchable one by one, all off by default
+    compile: str = "off"
+    mp_res: int = 0
+    mp_dtype: str = "bf16"
+    channels_last: bool = False
+    tf32: bool = False
+    sync_debug: bool = False
+    threads: Optional[int] = None
     # resolved, not options
     ref_gpus: int = 1
 
@@ -172,6 +183,8 @@ def resolve(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> TrainConf
         fill("tick", 20.0)
     if cfg.image_snap is None:
         cfg.image_snap = cfg.snap
+    if kind == "image" and cfg.mp_res and cfg.conv_clamp is None:
+        cfg.conv_clamp = 256.0  # reduced-precision blocks clamp their convs, as StyleGAN2-ADA's configs do
     validate(cfg, data_info, world_size)
     return cfg
 
@@ -189,7 +202,8 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
             if isinstance(x, float) and not math.isfinite(x):
                 raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {x}.")
     ints = ("batch", "batch_gpu", "z_dim", "w_dim", "cbase", "cmax", "mlp_hidden", "mlp_layers", "workers",
-            "mbstd_group", "map_depth", "pl_interval", "r1_interval", "pl_batch_shrink", "snap", "image_snap", "keep")
+            "mbstd_group", "map_depth", "pl_interval", "r1_interval", "pl_batch_shrink", "snap", "image_snap", "keep",
+            "freezed")
     for name in ints:
         v = getattr(cfg, name)
         need(v is None or (isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 2 ** 31 - 1),
@@ -198,7 +212,7 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
         v = getattr(cfg, name)
         need(isinstance(v, (int, float)) and not isinstance(v, bool), f"--{name.replace('_', '-')} must be a number, got {v!r}.")
     for name, lo in (("z_dim", 1), ("w_dim", 1), ("cmax", 1), ("mlp_hidden", 1), ("mlp_layers", 1), ("workers", 0),
-                     ("mbstd_group", 0), ("map_depth", 0)):
+                     ("mbstd_group", 0), ("map_depth", 0), ("freezed", 0)):
         need(getattr(cfg, name) >= lo, f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(cfg, name)}.")
     need(isinstance(cfg.seed, int) and 0 <= cfg.seed <= 2 ** 32 - 1, f"--seed must be in 0..{2 ** 32 - 1}, got {cfg.seed!r}.")
     need(cfg.max_size is None or (isinstance(cfg.max_size, int) and cfg.max_size >= 1),
@@ -234,6 +248,10 @@ def validate(cfg: TrainConfig, data_info: dict, world_size: int = 1) -> None:
     need(cfg.snap >= 1 and cfg.image_snap >= 1, f"--snap must be >= 1 tick, got {cfg.snap}.")
     need(cfg.keep >= 0, f"--keep must be >= 0 (0 keeps every checkpoint), got {cfg.keep}.")
     need(cfg.amp in ("off", "bf16", "fp16"), f"--amp must be off, bf16 or fp16, got {cfg.amp!r}.")
+    from ganstack.training.speed import check_config as _check_speed
+    speed_error = _check_speed(cfg, data_info)
+    need(speed_error is None, speed_error or "")
+    need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}.")
     for b in (cfg.g_betas, cfg.d_betas):
         need(len(b) == 2 and all(0 <= x < 1 for x in b), f"Adam betas must be two numbers in [0, 1), got {b}.")
     if data_info["kind"] == "image":

@@ -72,14 +72,29 @@ def sampling_stack(ckpt: dict, registry: Optional[dict] = None,
     return names, options, skipped
 
 
+def load_checkpoint_or_pickle(path: str, flag: str = "--network", networks=("G_ema",)) -> dict:
+    """A checkpoint dict for sampling from a ganstack checkpoint (file or run folder) or an official pickle."""
+    import os
+
+    from ganstack.stylegan_base import legacy
+    if os.path.isfile(os.path.expanduser(str(path))) and legacy.looks_like_pickle(os.path.expanduser(str(path))):
+        from ganstack.training.transfer import checkpoint_from_pkl
+        ckpt = checkpoint_from_pkl(os.path.expanduser(str(path)))
+        ckpt["path"] = os.path.expanduser(str(path))
+        return ckpt
+    return ckpt_io.load(path, flag=flag, purpose="sample", networks=networks)
+
+
 def load_model(path: str, device=None, which: str = "G_ema", warn: Callable[[str], None] = _warn,
                flag: str = "--network") -> LoadedModel:
     """Rebuild the networks and plugins recorded in a checkpoint and load ``which`` (G_ema or G).
 
-    ``flag`` names the option the path came from in error messages.
+    ``path`` may also be an official StyleGAN2-ADA / StyleGAN3 ``network-snapshot-*.pkl``: it is read without its
+    embedded code and converted in memory (as ``ganstack import-pkl`` would). ``flag`` names the option the path
+    came from in error messages.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt = ckpt_io.load(path, flag=flag, purpose="sample", networks=(which,))
+    ckpt = load_checkpoint_or_pickle(path, flag=flag, networks=(which,))
     cfg = TrainConfig.from_dict(ckpt["config"])
     names, options, skipped = sampling_stack(ckpt, warn=warn)
     stack = PluginStack(names, options)

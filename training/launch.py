@@ -710,6 +710,9 @@ def command_line(ctx: click.Context, skip=TRAIN_LAUNCH_PARAMS) -> list[str]:
             elif p.secondary_opts:
                 args.append(p.secondary_opts[0])
             continue
+        if isinstance(p.type, click.types.BoolParamType) and isinstance(value, bool):  # --cond / --mirror=0
+            args.append(flag if value else f"{flag}=0")
+            continue
         values = value if p.multiple else [value]
         for v in values:
             if v is None:

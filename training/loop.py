@@ -16,6 +16,7 @@ drawn from a device table, the stop flag is local. On several processes the stat
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable, Optional
 
@@ -44,7 +45,10 @@ class Accelerator:
     """Where a speed-up wraps the networks or the step (``torch.compile``, CUDA graphs); the default changes nothing.
 
     ``wrap_networks(nets)`` runs once after ``start_training`` and before the optimizers (it must keep the
-    parameters and state-dict keys); ``wrap_step(fn)`` wraps the function that runs one training step.
+    parameters and state-dict keys); ``wrap_step(fn)`` wraps the function that runs one training step;
+    ``phase(name, double_backward)`` is the scope of one phase's passes (``double_backward``: the phase takes a
+    gradient of a gradient, R1 or path length). The speed options (``--compile``, ``--mp-res``, ...) select
+    :class:`ganstack.training.speed.SpeedAccelerator`.
     """
 
     def wrap_networks(self, nets):
@@ -52,6 +56,9 @@ class Accelerator:
 
     def wrap_step(self, fn: Callable[[], None]) -> Callable[[], None]:
         return fn
+
+    def phase(self, name: str, double_backward: bool):
+        return contextlib.nullcontext()
 
 
 class LabelSampler:
@@ -85,7 +92,10 @@ class Trainer:
     """One training run. ``run()`` trains to ``cfg.kimg``; ``step()`` does a single step (tests)."""
 
     def __init__(self, cfg, stack, dataset, run_dir: Optional[str] = None, resume: Optional[dict] = None,
-                 device=None, log: Callable[[str], None] = print, accelerator: Optional[Accelerator] = None):
+                 device=None, log: Callable[[str], None] = print, accelerator: Optional[Accelerator] = None,
+                 init=None):
+        """``init``: the weights of a new run (``--init``: a path or a read ``transfer.InitSource``; default
+        ``cfg.init``); a resumed run takes its weights from ``resume`` only."""
         self.cfg = cfg
         self.stack = stack
         self.dataset = dataset
@@ -95,6 +105,9 @@ class Trainer:
         self.log = log if self.rank == 0 else (lambda *_: None)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.data_info = DataInfo(dataset.info())
+        if accelerator is None:  # cfg's speed options (training/speed.py); None when all are off
+            from ganstack.training.speed import accelerator_for
+            accelerator = accelerator_for(cfg, self.device)
         self.accelerator = accelerator or Accelerator()
         if stack.data_kind is None:  # configured by a caller that did not pass the data: check now
             stack.check_capabilities(self.data_info.kind)
@@ -105,6 +118,8 @@ class Trainer:
         import random
         random.seed(cfg.seed)
         self.nets = build_networks(stack, cfg, self.data_info, self.device)
+        from ganstack.training.transfer import apply_fine_tuning  # --init, --freezed
+        apply_fine_tuning(self.nets, cfg, None if resume is not None else (init or cfg.init), self.log)
         # From here on every rank draws its own random numbers (different latents per GPU).
         torch.manual_seed(cfg.seed * self.world + self.rank)
         self.gen = torch.Generator(device=self.device)
@@ -160,11 +175,14 @@ class Trainer:
         for phase, module, opt in self.phases(self.batch_idx):
             opt.zero_grad(set_to_none=True)
             module.requires_grad_(True)
-            for real_x, real_c in real_rounds:
-                z = torch.randn([cfg.batch_gpu, self.G.z_dim], generator=self.gen, device=self.device)
-                c = self.labels(cfg.batch_gpu, self.gen)
-                ctx = PhaseContext(self.loss, phase, self.batch_idx, self.cur_nimg, DInput(img=real_x, c=real_c), z, c)
-                self.loss.accumulate_gradients(ctx, scale=1.0 / self.rounds)
+            double_backward = phase.endswith("reg") or bool(self.loss.in_main_phase(phase[0], self.batch_idx))
+            with self.accelerator.phase(phase, double_backward):
+                for real_x, real_c in real_rounds:
+                    z = torch.randn([cfg.batch_gpu, self.G.z_dim], generator=self.gen, device=self.device)
+                    c = self.labels(cfg.batch_gpu, self.gen)
+                    ctx = PhaseContext(self.loss, phase, self.batch_idx, self.cur_nimg, DInput(img=real_x, c=real_c),
+                                       z, c)
+                    self.loss.accumulate_gradients(ctx, scale=1.0 / self.rounds)
             distributed.sync_gradients(module)
             module.requires_grad_(False)
             opt.step()

@@ -36,7 +36,8 @@ def _fmt(v):
 
 
 @click.command("metrics")
-@click.option("--network", required=True, help="Checkpoint file or run folder (its newest snapshot).")
+@click.option("--network", required=True,
+              help="Checkpoint file, run folder (its newest snapshot) or official StyleGAN2-ADA .pkl.")
 @click.option("--metrics", "metric_names", required=True,
               help="Comma-separated: fid50k_full, kid50k_full, pr50k3_full, is50k (any N, e.g. fid10k_full), toy, "
                    "stackedmnist (stackedmnist10k), digits_fid.")

@@ -525,7 +525,9 @@ def resume_data_spec(saved: dict, spec: str, user_gave_data: bool) -> str:
 # Options a resumed GAN run may change; everything else must match the checkpoint. --data may point elsewhere
 # only at the same data (same content fingerprint).
 TRAIN_RESUME_MUTABLE = ("kimg", "snap", "keep", "workers", "metrics", "tick", "device", "tensorboard", "data",
-                        "allow_nonfinite")
+                        "allow_nonfinite",
+                        # speed switches that keep the math (training/speed.py); --mp-res/--mp-dtype do not
+                        "compile", "channels_last", "tf32", "sync_debug", "threads")
 
 
 def _flag(name: str) -> str:
@@ -586,8 +588,11 @@ def _startup_lines(cfg, stack, info, world, dev) -> list[str]:
 
 
 def run_training(cfg, plugin_names, plugin_options: dict, outdir: str, resume: Optional[str] = None,
-                 dry_run: bool = False, log=None, device=None, flag: Callable[[str], str] = _flag) -> Optional[str]:
+                 dry_run: bool = False, log=None, device=None, flag: Callable[[str], str] = _flag,
+                 extra_startup: Optional[Callable[[Any], list]] = None) -> Optional[str]:
     """Everything ``ganstack train`` does after parsing; also used by ``ganstack ablate`` and tests.
+
+    ``extra_startup(stack) -> lines`` adds start-up lines (the CLI's note on augmentation).
 
     Returns the run folder (None for a dry run, which creates nothing).
     """
@@ -598,9 +603,16 @@ def run_training(cfg, plugin_names, plugin_options: dict, outdir: str, resume: O
     from ganstack.training.plugin_manager import PluginStack
     from ganstack.training.preflight import preflight
 
+    from ganstack.training import transfer
+
     check_output_dir(outdir, "--outdir")
-    resume_ckpt = None
+    resume_ckpt = init_src = None
+    if resume and cfg.init:
+        raise CheckpointError(f"--init {cfg.init} and --resume {resume} were both given. --resume continues a run "
+                              f"exactly (its weights, optimiser and plugin state, counters); --init starts a new run "
+                              f"from weights only (StyleGAN2-ADA's --resume PKL). Give one of them.")
     if resume:
+        transfer.refuse_pickle_resume(resume)
         resume_ckpt = ckpt_io.load(resume)
         user_gave_data = cfg.is_user_set("data")
         cfg, plugin_names, plugin_options = merge_train_resume(cfg, plugin_names, plugin_options, resume_ckpt, flag)
@@ -613,8 +625,15 @@ def run_training(cfg, plugin_names, plugin_options: dict, outdir: str, resume: O
     if torch.device(dev).type == "cuda" and world > 1:
         dev = f"cuda:{local_rank}"
 
+    taken = []
+    if cfg.init and resume_ckpt is None:
+        init_src = transfer.read_init_source(cfg.init)
+        taken = transfer.init_architecture(cfg, init_src)
     dataset = open_dataset(cfg.data, mirror=cfg.mirror, max_size=cfg.max_size, use_labels=cfg.cond)
     info = dataset.info()
+    if torch.device(dev).type == "cpu":  # intra-op threads by data kind / --threads (training/speed.py)
+        from ganstack.training.speed import configure_threads
+        configure_threads(cfg.threads, kind=info["kind"])
     if resume_ckpt is not None:
         check_same_dataset(resume_ckpt["dataset"], dataset, cfg.data)
         validate(cfg, info, world)
@@ -625,7 +644,15 @@ def run_training(cfg, plugin_names, plugin_options: dict, outdir: str, resume: O
     validate(cfg, info, world)
     # Everything that can be checked without training fails here, before a run folder exists.
     preflight(cfg, stack, info, device=dev, log=log or print)
+    transfer.check_fine_tuning(cfg, stack, info, init_src)
     startup = _startup_lines(cfg, stack, info, world, dev)
+    if init_src is not None:
+        startup.append(f"Init:         weights of {init_src.path} ({init_src.kind}); fresh optimiser and plugin "
+                       f"state" + (f"; from it: {', '.join(taken)}" if taken else ""))
+    if extra_startup is not None:
+        startup += list(extra_startup(stack))
+    if cfg.freezed:
+        startup.append(f"Freeze-D:     the first {cfg.freezed} layers of D do not train (--freezed)")
     desc = _run_description(cfg, stack.names, info.get("name", "data"))
     if dry_run:  # no side effects: no run folder, no run number used up
         for line in [f"Run folder:   none (dry run; the next run would be {next_run_dir(outdir, desc)})"] + startup:
@@ -650,7 +677,7 @@ def run_training(cfg, plugin_names, plugin_options: dict, outdir: str, resume: O
         log(f"Run folder:   {run_dir}")
         for line in startup:
             log(line)
-        trainer = Trainer(cfg, stack, dataset, run_dir=run_dir, resume=resume_ckpt, device=dev, log=log)
+        trainer = Trainer(cfg, stack, dataset, run_dir=run_dir, resume=resume_ckpt, device=dev, log=log, init=init_src)
         if resume_ckpt is not None:
             log(f"Resuming from {resume_ckpt['path']} at {trainer.cur_nimg / 1000:.1f} kimg.")
         g_opt, d_opt = trainer.G_opt.param_groups[0], trainer.D_opt.param_groups[0]
@@ -660,5 +687,7 @@ def run_training(cfg, plugin_names, plugin_options: dict, outdir: str, resume: O
         n_g = sum(p.numel() for p in trainer.G.parameters())
         n_d = sum(p.numel() for p in trainer.D.parameters())
         log(f"Networks:     G {n_g / 1e6:.2f} M params, D {n_d / 1e6:.2f} M params")
+        from ganstack.training.speed import describe_speed
+        log(f"Speed:        {describe_speed(trainer)}")
         trainer.run()
     return run_dir

@@ -27,8 +27,9 @@ from ganstack.training.api import ConfigError
 from ganstack.training.config import TrainConfig, resolve
 from ganstack.training.nets import backbone_kwargs
 
-__all__ = ['import_pkl', 'checkpoint_from_pkl', 'imported_config', 'load_init_weights', 'InitReport', 'freeze_discriminator_layers',
-           'discriminator_layers', 'import_pkl_command']
+__all__ = ['import_pkl', 'checkpoint_from_pkl', 'imported_config', 'load_init_weights', 'InitReport', 'InitSource',
+           'read_init_source', 'init_architecture', 'check_fine_tuning', 'apply_fine_tuning',
+           'freeze_discriminator_layers', 'discriminator_layers', 'import_pkl_command']
 
 ROLES = ('G', 'D', 'G_ema')
 
@@ -75,15 +76,24 @@ def _not_expressible(G_kw: dict, D_kw: Optional[dict]) -> list[str]:
     return bad
 
 
-def imported_config(nets: dict, snap: legacy.OfficialSnapshot) -> tuple[TrainConfig, dict, list[str]]:
-    """The training options and dataset description that rebuild ``nets`` through ``build_networks``."""
+IMPORT_TAIL = ('The pickle can still be loaded in Python with ganstack.stylegan_base.legacy.load_official_networks, '
+               'but not written as a checkpoint.')
+INIT_TAIL = ('A run built from ganstack train\'s options would compute something else with these weights, so it '
+             'cannot start from them; fine-tune from a StyleGAN2-ADA / StyleGAN3 --cfg=stylegan2 snapshot with '
+             'the official defaults for these arguments.')
+
+
+def imported_config(nets: dict, snap: legacy.OfficialSnapshot,
+                    tail: str = IMPORT_TAIL) -> tuple[TrainConfig, dict, list[str]]:
+    """The training options and dataset description that rebuild ``nets`` through ``build_networks``.
+
+    ``tail`` ends the message that refuses arguments ``ganstack train`` cannot express (what to do instead)."""
     G_kw = (nets.get('G_ema') or nets['G']).kwargs
     D_kw = nets['D'].kwargs if 'D' in nets else None
     bad = _not_expressible(G_kw, D_kw)
     if bad:
         raise ConfigError(f'{snap.source}: the networks use arguments that ganstack train has no option for: '
-                          f'{"; ".join(bad)}. The pickle can still be loaded in Python with '
-                          f'ganstack.stylegan_base.legacy.load_official_networks, but not written as a checkpoint.')
+                          f'{"; ".join(bad)}. {tail}')
     notes = []
     s = G_kw['synthesis_kwargs']
     tsk = snap.training_set_kwargs or {}
@@ -236,21 +246,110 @@ class InitReport:
         return out
 
 
-def _source_states(source: str) -> tuple[dict, str, list]:
-    if not os.path.exists(source):
+# The architecture options a run started with --init takes from its source unless the user gives them: the
+# ones that leave no trace in tensor shapes (conv_clamp, the G architecture) would otherwise change silently what
+# the copied weights compute, and the others would only fail to fit.
+INIT_ARCHITECTURE = ('z_dim', 'w_dim', 'map_depth', 'cbase', 'cmax', 'g_architecture', 'd_architecture',
+                     'conv_clamp')
+
+
+@dataclass
+class InitSource:
+    """The networks of an ``--init`` source, read once: an official pickle or a ganstack checkpoint."""
+
+    path: str
+    kind: str                       # 'official pickle' or 'ganstack checkpoint'
+    states: dict                    # role -> state dict
+    notes: list = field(default_factory=list)
+    config: Optional[dict] = None   # the source's TrainConfig as a dict (None when it records none)
+
+
+def read_init_source(source: str) -> InitSource:
+    """Read ``--init``'s networks; refuses a pickle of an architecture ``ganstack train`` cannot build."""
+    path = os.path.expanduser(str(source))
+    if not os.path.exists(path):
         raise CheckpointError(f'--init {source!r}: no such file. Give an official network-snapshot-*.pkl or a '
                               f'ganstack checkpoint (.pt or run folder).')
-    if os.path.isfile(source) and legacy.looks_like_pickle(source):
-        nets, _ = legacy.load_official_networks(source)
-        notes = [n for imp in nets.values() for n in imp.notes]
-        return {role: imp.module.state_dict() for role, imp in nets.items()}, 'official pickle', notes
-    ckpt = ckpt_io.load(source, flag='--init', purpose='weights')  # rel: networks only are needed
-    return {role: ckpt[role] for role in ROLES if role in ckpt}, 'ganstack checkpoint', []
+    if os.path.isfile(path) and legacy.looks_like_pickle(path):
+        nets, snap = legacy.load_official_networks(path)
+        if 'G_ema' not in nets and 'G' not in nets:
+            raise CheckpointError(f'--init {source}: the pickle holds no generator (only {", ".join(nets)}); give a '
+                                  f'network-snapshot-*.pkl with G or G_ema.')
+        try:
+            cfg, _, notes = imported_config(nets, snap, tail=INIT_TAIL)
+        except ConfigError as exc:
+            raise ConfigError(f'--init {exc}') from None
+        notes = notes + [n for imp in nets.values() for n in imp.notes if n not in notes]
+        return InitSource(path, 'official pickle', {role: imp.module.state_dict() for role, imp in nets.items()},
+                          notes, cfg.to_dict())
+    ckpt = ckpt_io.load(path, flag='--init', purpose='weights')  # networks only are needed
+    return InitSource(ckpt['path'], 'ganstack checkpoint', {role: ckpt[role] for role in ROLES if role in ckpt}, [],
+                      ckpt.get('config') if isinstance(ckpt.get('config'), dict) else None)
+
+
+def refuse_pickle_resume(path: str) -> None:
+    """``--resume X.pkl``: StyleGAN2-ADA's --resume PKL is a fine-tuning start, which is ``--init`` here."""
+    path = os.path.expanduser(str(path))
+    if os.path.isfile(path) and legacy.looks_like_pickle(path):
+        raise CheckpointError(f'--resume {path} is an official StyleGAN2-ADA / StyleGAN3 network pickle. In '
+                              f'ganstack --resume continues a ganstack run exactly; StyleGAN2-ADA\'s --resume PKL (a '
+                              f'new run that starts from the pickle\'s weights) is --init {path}.')
+
+
+def init_architecture(cfg: TrainConfig, src: InitSource) -> list[str]:
+    """Take the architecture options the user did not give from ``src`` (before the preset fills the rest);
+    returns ``name=value`` for each option taken."""
+    taken = []
+    for name in INIT_ARCHITECTURE:
+        if src.config is None or name not in src.config or cfg.is_user_set(name):
+            continue
+        if getattr(cfg, name) != src.config[name]:
+            setattr(cfg, name, src.config[name])
+            taken.append(f'{name}={src.config[name]}')
+    return taken
+
+
+def check_fine_tuning(cfg: TrainConfig, stack, data_info: dict, src: Optional[InitSource]) -> None:
+    """``--init`` and ``--freezed`` checked on networks built for the check (before a run folder exists): the
+    source's tensors fit, and D has at least ``--freezed`` layers."""
+    if src is None and not cfg.freezed:
+        return
+    from ganstack.training.nets import build_networks
+    with torch.random.fork_rng(devices=[]):
+        nets = build_networks(stack, cfg, data_info, 'cpu')
+    if src is not None:
+        load_init_weights(nets, src)
+    if cfg.freezed:
+        layers = discriminator_layers(nets.D)
+        if cfg.freezed > len(layers):
+            raise ConfigError(f'--freezed {cfg.freezed}: this run\'s D has only {len(layers)} layers '
+                              f'({layers[0]} ... {layers[-1]}, counted as StyleGAN2-ADA counts them); give '
+                              f'--freezed 0..{len(layers)}.')
+
+
+def apply_fine_tuning(nets, cfg: TrainConfig, init, log=print) -> Optional[InitReport]:
+    """In a new run: copy ``init``'s weights (a path or :class:`InitSource`; None: none); then, new run or resumed,
+    freeze the first ``cfg.freezed`` layers of D. Call after the networks are built, before the optimisers."""
+    report = None
+    with torch.random.fork_rng(devices=[]):
+        if init is not None:
+            report = load_init_weights(nets, init)
+            for line in report.lines():
+                log(line)
+        if cfg.freezed:
+            frozen = freeze_discriminator_layers(nets.D, cfg.freezed)
+            log(f'--freezed {cfg.freezed}: D layers {", ".join(frozen)} do not train.')
+    return report
+
+
+def _source_states(source) -> tuple[dict, str, list]:
+    src = source if isinstance(source, InitSource) else read_init_source(source)
+    return dict(src.states), src.kind, list(src.notes)
 
 
 @torch.no_grad()
-def load_init_weights(nets, source: str) -> InitReport:
-    """Copy G/D/G_ema tensors of ``source`` into ``nets`` (a :class:`~ganstack.training.nets.Networks`) by name.
+def load_init_weights(nets, source) -> InitReport:
+    """Copy G/D/G_ema tensors of ``source`` (a path or an :class:`InitSource`) into ``nets`` (a :class:`~ganstack.training.nets.Networks`) by name.
 
     Like StyleGAN2-ADA's ``copy_params_and_buffers(require_all=False)``: tensors only one side has are
     left alone (and reported), tensors both have must agree in shape. A missing G_ema comes from G and
@@ -264,7 +363,7 @@ def load_init_weights(nets, source: str) -> InitReport:
     if 'G' not in states and 'G_ema' in states:
         states['G'] = states['G_ema']
         notes.append('the source has no G; it starts as a copy of G_ema')
-    report = InitReport(source=source, kind=kind, notes=notes)
+    report = InitReport(source=getattr(source, 'path', source), kind=kind, notes=notes)
     mismatched = []
     plans = {}
     for role in ROLES:
@@ -285,7 +384,7 @@ def load_init_weights(nets, source: str) -> InitReport:
         report.fresh[role] = [k for k in names if k not in src]
         report.ignored[role] = sorted(k for k in src if k not in own)
     if mismatched:
-        raise CheckpointError(f'--init {source}: the source networks do not fit this run\'s networks: '
+        raise CheckpointError(f'--init {report.source}: the source networks do not fit this run\'s networks: '
                               f'{", ".join(mismatched[:8])}{" ..." if len(mismatched) > 8 else ""}. Fine-tuning '
                               f'copies weights by name, so the architecture must match: the same resolution, '
                               f'channel counts (--cbase/--cmax), mapping depth (--map-depth), z/w sizes and '
