@@ -181,6 +181,17 @@ def resolve_resume(path: str, flag: str = "--resume") -> str:
     return resolve_snapshot(path, what=flag)
 
 
+def load_weights(pairs, what: str, advice: str = "") -> None:
+    """``module.load_state_dict(state)`` for each ``(module, state)``; a mismatch of names or shapes is a
+    CheckpointError saying that ``what`` does not fit, with torch's first line and ``advice``."""
+    try:
+        for module, state in pairs:
+            module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{what} does not fit the networks these options build "
+                              f"({str(exc).splitlines()[0]}).{' ' + advice if advice else ''}") from None
+
+
 # What each use of a checkpoint reads (their absence would otherwise end in a KeyError).
 _SAMPLE_KEYS = {"config": dict, "dataset": dict, "plugins": list, "plugin_options": dict, "plugin_state": dict}
 _RESUME_KEYS = dict(_SAMPLE_KEYS, G=dict, D=dict, G_ema=dict, G_opt=dict, D_opt=dict, cur_nimg=int, cur_tick=int,

@@ -23,7 +23,6 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ganstack.stylegan_base.errors import CheckpointError
 from ganstack.training import checkpoint as ckpt_io
 from ganstack.training import distributed
 from ganstack.training.api import ConfigError, DataInfo, DInput, LoopState, PhaseContext
@@ -329,13 +328,8 @@ class TrainerCheckpoint:
 
     def load(self, ckpt: dict) -> None:
         tr = self.tr
-        try:
-            tr.G.load_state_dict(ckpt["G"])
-            tr.D.load_state_dict(ckpt["D"])
-            tr.G_ema.load_state_dict(ckpt["G_ema"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"The checkpoint's networks do not fit the networks these options build "
-                                  f"({str(exc).splitlines()[0]}). Resume with the options it was trained with.") from None
+        ckpt_io.load_weights([(tr.G, ckpt["G"]), (tr.D, ckpt["D"]), (tr.G_ema, ckpt["G_ema"])],
+                             "The checkpoint's G, D and G_ema", "Resume with the options it was trained with.")
         tr.G_opt.load_state_dict(ckpt["G_opt"])
         tr.D_opt.load_state_dict(ckpt["D_opt"])
         tr.optim.load_schedule_state(ckpt.get("lr_schedules", {}))

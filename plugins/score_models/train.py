@@ -220,12 +220,8 @@ class ScoreTrainer:
         if not tr:
             raise CheckpointError(f"{ckpt.get('path')!r} holds only an exported model, without the training state "
                                   f"needed to resume; start a new run instead.")
-        try:
-            self.net.load_state_dict(tr["net"])
-            self.ema.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"The score checkpoint does not fit the network these options build "
-                                  f"({str(exc).splitlines()[0]}).") from None
+        ckpt_io.load_weights([(self.net, tr["net"]), (self.ema, ckpt["model"])], "The score checkpoint",
+                             "Resume with the options it was trained with.")
         self.opt.load_state_dict(tr["opt"])
         self.cur_nimg = tr["cur_nimg"]
         self.cur_tick = tr["cur_tick"]
