@@ -183,12 +183,12 @@ def resolve_resume(path: str, flag: str = "--resume") -> str:
 
 def load_weights(pairs, what: str, advice: str = "") -> None:
     """``module.load_state_dict(state)`` for each ``(module, state)``; a mismatch of names or shapes is a
-    CheckpointError saying that ``what`` does not fit, with torch's first line and ``advice``."""
+    CheckpointError saying that ``what`` cannot be loaded, with torch's first line and ``advice``."""
     try:
         for module, state in pairs:
             module.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{what} does not fit the networks these options build "
+        raise CheckpointError(f"{what} cannot be loaded into the networks these options build "
                               f"({str(exc).splitlines()[0]}).{' ' + advice if advice else ''}") from None
 
 
