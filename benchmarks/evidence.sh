@@ -2,55 +2,36 @@
 # The README's "Evidence" section, regenerated: one `ganstack ablate` command per claim, 3 seeds each.
 # Usage: bash benchmarks/evidence.sh OUTDIR [JOBS]
 #
-# Two generators: the claims re-run in this round use the toy preset's G (PacGAN's 4 x 400 ReLU + BatchNorm,
-# 750 kimg); the others were measured with the previous preset's G, the paper's 2 x 128 LeakyReLU MLP
-# (`--set mlp_g=paper`, 1000 kimg), and keep it so that their commands give the README's numbers.
-# Cells with identical settings are computed once: each claim's folder links its cells/ to one shared
-# folder per dataset and generator (ablate skips finished cells and refuses a cell trained with other
-# settings), so the commands below are exactly the README's, and running any one alone gives the same numbers.
-# The PacGAN G costs about 0.35-1.2 s/kimg on a shared 2-core CPU (about 4-15 min per 750-kimg cell).
+# Every claim runs the toy preset as it is (PacGAN's 4 x 400 ReLU + BatchNorm G, 750 kimg at batch 64);
+# methods that build their own networks (ddgan, cmgan) keep theirs. Cells with identical settings are
+# computed once: each claim's folder links its cells/ to one shared folder per dataset (ablate skips
+# finished cells and refuses a cell trained with other settings), so the commands below are exactly the
+# README's, and running any one alone gives the same numbers.
+# Cost on an idle 2-core CPU, 2 cells at a time with one thread each: a vanilla cell about 3-4 minutes,
+# smart/clr 4-5, the headline stack 6-8, ddgan 2-3, cmgan 5-7; the whole script about 2.5 hours.
 set -euo pipefail
 OUT=${1:?usage: evidence.sh OUTDIR [JOBS]}
 JOBS=${2:-2}
 export OMP_NUM_THREADS=1
-mkdir -p "$OUT/cells-gaussians25" "$OUT/cells-gaussians25-paper" "$OUT/cells-grid49-paper"
+mkdir -p "$OUT/cells-gaussians25" "$OUT/cells-grid49"
 link() { mkdir -p "$OUT/$1"; [ -e "$OUT/$1/cells" ] || ln -s "../cells-$2" "$OUT/$1/cells"; }
 A="ganstack ablate --kimg 750 --seeds 0-2 --jobs $JOBS"
-P="ganstack ablate --kimg 1000 --seeds 0-2 --jobs $JOBS --set mlp_g=paper"
 
-# Diffusion-GAN Fig. 5: vanilla | diffusion | the headline stack on 25 Gaussians (the toy preset's G).
-link diffusion gaussians25
-$A --outdir "$OUT/diffusion" --data toy:gaussians25 --stacks "none;diffusion;diffusion,smart,clr" \
+# Diffusion-GAN Fig. 5, CLR-GAN and the headline stack against each of its members (25 Gaussians).
+link stack gaussians25
+$A --outdir "$OUT/stack" --data toy:gaussians25 --stacks "none;diffusion;smart;clr;diffusion,smart,clr" \
    --opt smart.score=analytic
 
-# --- The claims below ran with the previous preset's G (the paper MLP) and were not re-run this round. ---
+# SMaRt Fig. 2: on the 49-point grid, vanilla | SMaRt (the exact score of the mixture) | Diffusion-GAN.
+link smart grid49
+$A --outdir "$OUT/smart" --data toy:grid49 --stacks "none;smart;diffusion" --opt smart.score=analytic
 
-# Diffusion-GAN with the paper G, and the image sigma 0.05 against the data-scale default.
-link diffusion-paper gaussians25-paper
-$P --outdir "$OUT/diffusion-paper" --data toy:gaussians25 --stacks "none;diffusion;diffusion,smart,clr;diffusion diffusion.sigma=0.05" \
-   --opt smart.score=analytic
-# SMaRt Fig. 2: on the 49-point grid, vanilla | SMaRt (lambda 0.01, CIFAR; 0.1, ImageNet) | Diffusion-GAN | the stack.
-link smart grid49-paper
-$P --outdir "$OUT/smart" --data toy:grid49 --stacks "none;smart;smart smart.weight=0.1;diffusion;diffusion,smart,clr" \
-   --opt smart.score=analytic
+# DDGAN Fig. 6: vanilla | DDGAN (its own MLPs and its paper's optimiser for 2-D data, App. C.5).
+link ddgan gaussians25
+$A --outdir "$OUT/ddgan" --data toy:gaussians25 --stacks "none;ddgan"
 
-# DDGAN Fig. 6: vanilla | DDGAN (its paper's optimiser for 2-D data, App. C.5).
-link ddgan gaussians25-paper
-$P --outdir "$OUT/ddgan" --data toy:gaussians25 --stacks "none;ddgan"
-
-# CLR-GAN: vanilla | clr (L1, the paper) | clr (MSE, the official code) | the headline stack.
-link clr gaussians25-paper
-$P --outdir "$OUT/clr" --data toy:gaussians25 --stacks "none;clr clr.dist=l1;clr clr.dist=mse;diffusion,smart,clr" \
-   --opt smart.score=analytic
-
-# CM-GAN Fig. 3: pure GAN | pure CD | CD + GAN over the alpha sweep.
-link cmgan gaussians25-paper
-$P --outdir "$OUT/cmgan" --data toy:gaussians25 --opt cmgan.teacher=analytic \
-   --stack "cmgan cmgan.mode=gan" --stack "cmgan cmgan.mode=cd" --stack "cmgan cmgan.alpha=0.025"
-# The rest of Fig. 3's sweep (not run in the session that wrote the README; the cells above are reused):
-# $P ... --stack "cmgan cmgan.alpha=0.005" --stack "cmgan cmgan.alpha=0.01" --stack "cmgan cmgan.alpha=0.25"
-
-# The headline stack against each of its members.
-link stack gaussians25-paper
-$P --outdir "$OUT/stack" --data toy:gaussians25 --stacks "none;diffusion;smart;clr clr.dist=l1;diffusion,smart,clr" \
-   --opt smart.score=analytic
+# CM-GAN Fig. 3: pure GAN | pure CD | CD + GAN over the paper's alpha sweep (the exact teacher).
+link cmgan gaussians25
+$A --outdir "$OUT/cmgan" --data toy:gaussians25 --opt cmgan.teacher=analytic \
+   --stack "cmgan cmgan.mode=gan" --stack "cmgan cmgan.mode=cd" --stack "cmgan cmgan.alpha=0.005" \
+   --stack "cmgan cmgan.alpha=0.01" --stack "cmgan cmgan.alpha=0.025" --stack "cmgan cmgan.alpha=0.25"

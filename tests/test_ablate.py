@@ -95,6 +95,26 @@ def test_two_stacks_two_seeds_write_table_and_plots_and_rerun_skips(tmp_path, wi
         ab.run_cell(ab.plan(out, ab.build_stacks(["none"]), [0])[0], dict(TINY, kimg=1.0))
 
 
+def test_a_cell_another_process_trains_is_left_to_it_neither_failed_nor_overwritten(tmp_path):
+    import fcntl
+
+    cells = ab.plan(str(tmp_path / "shared"), ab.build_stacks(["none"]), [0, 1])
+    busy, free = cells
+    os.makedirs(busy.dir)
+    with open(os.path.join(busy.dir, ab.LOCK_FILE), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the other ablation's run_cell holds
+        with pytest.raises(ab.CellBusy, match="another process"):
+            ab.run_cell(busy, dict(TINY))
+        logs = []
+        errors = ab.run_grid(cells, dict(TINY), log=logs.append)
+        assert errors == {busy.dir: None, free.dir: None}  # not a failure of this grid
+        assert not os.path.exists(os.path.join(busy.dir, ab.CELL_FILE))  # the other process's state untouched
+        assert ab._read_cell(free.dir)["status"] == "done"
+        assert any("skipped" in m and busy.dir in m for m in logs)
+    # The other process ended (its lock went with it): the same call now trains the cell.
+    assert ab.run_cell(busy, dict(TINY))["status"] == "done"
+
+
 def test_interrupted_cell_resumes_from_its_checkpoint_exactly(tmp_path):
     from ganstack.training.cli import run_training
 

@@ -27,6 +27,7 @@ side) and ``signals.png`` (D's real-fake logit gap and the plugins' scalars over
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -51,6 +52,8 @@ from ganstack.training.api import ConfigError
 from ganstack.training.snapshots import _pyplot
 
 CELL_FILE = "cell.json"
+LOCK_FILE = ".lock"  # flock held while a process trains the cell (see cell_lock)
+BUSY = "busy: trained by another process"  # a worker's answer for a cell another ablation holds
 
 
 # ------------------------------------------------------------------------------------------------
@@ -363,8 +366,43 @@ def newest_checkpoint(cell_dir: str) -> Optional[str]:
     return best[1] if best else None
 
 
+class CellBusy(GanstackError):
+    """Another process (a second ``ganstack ablate`` on a shared cells folder) is training this cell now."""
+
+
+@contextlib.contextmanager
+def cell_lock(cell_dir: str):
+    """Hold ``cell_dir/.lock`` (an exclusive ``flock``) while the cell trains; :class:`CellBusy` if it is held.
+
+    Two ablations whose cells folders are shared (``benchmarks/evidence.sh``, or the same command in two
+    terminals) can then run at once: each trains the cells the other is not training. The lock dies with its
+    process, so a killed run leaves no stale lock. On a file system without ``flock`` there is no guard.
+    """
+    import fcntl
+
+    os.makedirs(cell_dir, exist_ok=True)
+    with open(os.path.join(cell_dir, LOCK_FILE), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CellBusy(f"{cell_dir} is being trained by another process right now (it holds {LOCK_FILE}); "
+                           f"this run leaves the cell to it. Re-run the command after that one ends to "
+                           f"collect the cell in this ablation's results.") from None
+        except OSError:
+            pass  # no flock here (some network file systems): train unguarded, as before
+        yield
+
+
 def run_cell(cell: Cell, settings: dict, device: Optional[str] = None, log=None) -> dict:
-    """Train one cell to the budget (or resume it), then record it as done; returns its cell.json."""
+    """Train one cell to the budget (or resume it), then record it as done; returns its cell.json.
+
+    Raises :class:`CellBusy`, before writing anything, when another process is training the same cell.
+    """
+    with cell_lock(cell.dir):
+        return _run_cell_locked(cell, settings, device, log)
+
+
+def _run_cell_locked(cell: Cell, settings: dict, device: Optional[str], log) -> dict:
     from ganstack.training.cli import run_training
 
     fp = cell_fingerprint(settings, cell.stack, cell.seed)
@@ -372,7 +410,7 @@ def run_cell(cell: Cell, settings: dict, device: Optional[str] = None, log=None)
     if why:
         raise ConfigError(f"{cell.dir} holds a cell trained with other settings ({why}). Use a new --outdir for "
                           f"a different ablation, or delete that folder.")
-    state = _read_cell(cell.dir)
+    state = _read_cell(cell.dir)  # read under the lock: a cell another process just finished counts as done
     if state.get("status") == "done":
         return state
     definition = dict(cell_definition(settings, cell.stack, cell.seed), data=settings.get("data"))
@@ -410,6 +448,9 @@ def _run_cell_in_worker(cell: Cell, settings: dict) -> tuple[str, Optional[str]]
         try:
             run_cell(cell, settings, device=_WORKER_DEVICE)
             return cell.dir, None
+        except CellBusy as exc:  # another ablation trains it: not a failure of this one
+            print(f"skipped: {exc}")
+            return cell.dir, BUSY
         except Exception as exc:  # noqa: BLE001 - reported per cell; the others go on
             traceback.print_exc(file=f)
             return cell.dir, f"{type(exc).__name__}: {exc}"
@@ -436,6 +477,11 @@ def run_grid(cells: list[Cell], settings: dict, jobs: int = 1, devices: Optional
                 try:
                     run_cell(cell, settings, device=device)
                     errors[cell.dir] = None
+                except CellBusy as exc:
+                    log(f"  skipped: {exc}")
+                    errors[cell.dir] = None
+                    grid.finished(f"{cell.stack.label} seed {cell.seed} (left to another process)")
+                    continue
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except Exception as exc:  # noqa: BLE001
@@ -464,6 +510,12 @@ def run_grid(cells: list[Cell], settings: dict, jobs: int = 1, devices: Optional
         for fut in concurrent.futures.as_completed(futures):
             cell = futures[fut]
             _, err = fut.result()
+            if err == BUSY:
+                errors[cell.dir] = None
+                grid.finished(f"{cell.stack.label} seed {cell.seed} (left to another process)")
+                if grid.left > 0:
+                    grid.started()
+                continue
             errors[cell.dir] = err
             if err:
                 _write_cell(cell.dir, dict(_read_cell(cell.dir), status="failed", error=err))

@@ -326,6 +326,9 @@ class SupervisedJob(_Checkpointable):
 # ------------------------------------------------------------------------------------------------
 # Ablation cells
 
+CELL_BUSY_CODE = 75  # the cell child's exit status when another process holds the cell (EX_TEMPFAIL)
+
+
 def _cell_key(outdir: str, cell) -> str:
     return os.path.relpath(cell.dir, outdir)
 
@@ -357,6 +360,10 @@ class CellJob(SupervisedJob):
         state = ab._read_cell(self.cell.dir)
         if code == 0 and state.get("status") == "done":
             return "done"
+        if code == CELL_BUSY_CODE:  # another ablation trains this cell: leave its cell.json alone
+            raise RuntimeError(f"cell {self.cell.stack.label} seed {self.cell.seed} was not run: another process is "
+                               f"training it ({self.cell.dir}/{ab.LOCK_FILE} is locked). Re-run the command after "
+                               f"that one ends to collect it. Log: {err}")
         if code in STOP_CODES:
             print(f"ganstack: cell {self.cell.dir} stopped by a signal after writing its checkpoint; a requeued or "
                   f"resubmitted job resumes it.", flush=True)
@@ -382,6 +389,9 @@ def _run_cell_child(spec_path: str) -> int:
     cell = spec["cell"]
     try:
         ab.run_cell(cell, spec["settings"], device=spec["device"])
+    except ab.CellBusy as exc:
+        print(f"ganstack: {exc}", flush=True)
+        return CELL_BUSY_CODE
     except SystemExit:
         raise
     except KeyboardInterrupt:
