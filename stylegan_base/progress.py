@@ -195,6 +195,7 @@ class GridProgress:
     def __init__(self, total: int, initial: int = 0, desc: str = 'grid', unit: str = 'cell', log=print,
                  stream: Optional[TextIO] = None):
         self.total, self.done, self.failed, self.running = total, initial, 0, 0
+        self.elsewhere = 0  # jobs another process is running (ganstack ablate: a cell locked by another ablation)
         self.unit = unit
         self.log = log
         self.start = time.monotonic()
@@ -206,7 +207,7 @@ class GridProgress:
 
     @property
     def left(self) -> int:
-        return self.total - self.done - self.failed - self.running
+        return self.total - self.done - self.failed - self.running - self.elsewhere
 
     def _postfix(self) -> None:
         self.bar.set_postfix(f'{self.running} running, {self.left} left'
@@ -216,17 +217,21 @@ class GridProgress:
         self.running += n
         self._postfix()
 
-    def finished(self, what: str, error: Optional[str] = None) -> str:
-        """One job ended; logs and returns its line."""
+    def finished(self, what: str, error: Optional[str] = None, elsewhere: bool = False) -> str:
+        """One job ended (``elsewhere``: was left to another process); logs and returns its line."""
         self.running = max(self.running - 1, 0)
-        if error is None:
+        if elsewhere:
+            self.elsewhere += 1
+        elif error is None:
             self.done += 1
         else:
             self.failed += 1
         self.bar.update(1)
         self._postfix()
-        line = (f'{"done" if error is None else "FAILED"}: {what}' + (f' ({error})' if error else '')
+        word = "left to another process" if elsewhere else "done" if error is None else "FAILED"
+        line = (f'{word}: {what}' + (f' ({error})' if error else '')
                 + f'  [{self.done}/{self.total} {self.unit}s done, ' + (f'{self.failed} failed, ' if self.failed else '')
+                + (f'{self.elsewhere} elsewhere, ' if self.elsewhere else '')
                 + f'{self.running} running, {self.left} left; {format_duration(time.monotonic() - self.start)} '
                   f'so far]')
         self.log(line)

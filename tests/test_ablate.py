@@ -111,6 +111,7 @@ def test_a_cell_another_process_trains_is_left_to_it_neither_failed_nor_overwrit
         assert not os.path.exists(os.path.join(busy.dir, ab.CELL_FILE))  # the other process's state untouched
         assert ab._read_cell(free.dir)["status"] == "done"
         assert any("skipped" in m and busy.dir in m for m in logs)
+        assert any(m.startswith("left to another process: none seed 0") and "1 elsewhere" in m for m in logs)
     # The other process ended (its lock went with it): the same call now trains the cell.
     assert ab.run_cell(busy, dict(TINY))["status"] == "done"
 
@@ -205,3 +206,14 @@ def test_a_winner_is_marked_only_beyond_the_spread_over_seeds():
     assert clear_winner({"a": (0.1, 0.01, 3), "b": (0.3, 0.05, 3), "c": (0.2, 0.02, 3)}, -1) == "a"
     assert clear_winner({"a": (25, float("nan"), 1), "b": (3, float("nan"), 1)}, +1) is None  # one seed
     assert clear_winner({"a": (25, 0, 3), "b": (3, 0, 3)}, 0) is None  # a count with no direction
+
+
+def test_plugin_scalars_of_cells_logged_before_plugin_api_v1_join_todays_column(tmp_path):
+    from ganstack.training import ablate_report
+
+    cell = tmp_path / "cell"
+    for name, key, kimg, value in (("00000-old", "Plugin/diffusion/T", 20.0, 5), ("00001-new", "diffusion/T", 40.0, 7)):
+        (cell / name).mkdir(parents=True)
+        (cell / name / "stats.jsonl").write_text(json.dumps({"Progress/kimg": kimg, key: {"mean": value}}) + "\n")
+    series = ablate_report.signal_series(ablate_report.read_stats(str(cell)))
+    assert series == {"diffusion/T": ([20.0, 40.0], [5.0, 7.0])}

@@ -329,6 +329,36 @@ def test_stacked_mode_index_and_histogram():
     assert len(counts) == 1000 and counts[307] == 2 and counts[999] == 1 and counts[0] == 1 and counts.sum() == 4
 
 
+def test_stacked_modes_count_only_confident_samples_and_a_real_share_of_them():
+    class Sure(torch.nn.Module):
+        """Digit round(9 * brightness), with probability 0.9 on dark-to-mid channels and 0.3 on the rest."""
+
+        def forward(self, x, return_features=False):
+            b = (x.mean((1, 2, 3)) + 1) / 2
+            level = (b * 9).round().long()
+            p = torch.where(b <= 0.5, 0.9, 0.3)[:, None]
+            probs = torch.nn.functional.one_hot(level, 10).float() * p + (1 - p) / 9 * (
+                1 - torch.nn.functional.one_hot(level, 10).float())
+            return probs.log()
+
+    def img(rgb, n):
+        return (torch.tensor(rgb).float()[None, :, None, None] / 9 * 255).round().to(torch.uint8).expand(n, 3, 8, 8)
+
+    # 1000 samples, ideal 1 per mode, threshold 0.25 -> 1: 6 samples in mode 123 (sure), 4 in mode 999 (one
+    # channel unsure), the rest spread over 990 modes with their blue channel unsure (noise-like).
+    noise = torch.cat([img([k // 100 % 5, k // 10 % 5, 5 + k % 5], 1) for k in range(990)])
+    batch = torch.cat([img([1, 2, 3], 6), img([2, 2, 9], 4), noise])
+    counts, hq = digits.mode_histograms(Sure(), [batch[:500], batch[500:]], 3)
+    assert counts.sum() == 1000 and hq.sum() == 6 and hq[123] == 6
+    m = digits.stacked_mode_metrics(counts, hq)
+    assert m["modes_covered"] == 1 and m["hq_share"] == pytest.approx(0.006) and m["mode_threshold"] == 1
+    assert m["modes_protocol"] == int((counts > 0).sum()) > 100  # the papers' count: the unsure samples pass it
+    assert digits.stacked_mode_metrics(counts, hq, min_share=1.0)["modes_covered"] == 1
+    assert digits.stacked_mode_metrics(counts * 10, hq * 10, min_share=1.0)["modes_covered"] == 1
+    with pytest.raises(ValueError, match="min_share"):
+        digits.stacked_mode_metrics(counts, hq, min_share=0)
+
+
 def _bar_digits(n, seed=0):
     """Ten synthetic 'digits': class k is a bright vertical bar at column 3k + 1 on a dark 32x32 field."""
     rng = np.random.default_rng(seed)
@@ -366,8 +396,11 @@ def test_stackedmnist_and_digits_fid_run_through_the_sampler(tmp_path, monkeypat
     fakes = features.quantize(registry.draw_samples(tr.G_ema, tr.stack, 128, "cpu", seed=0, batch=128))
     counts = np.bincount(digits.mode_of(digits.classify_channels(net.eval(), fakes)).numpy(), minlength=1000)
     assert res["num_modes"] == 1000 and res["num_samples"] == 128 and res["nfe"] == 1.0
-    assert res["modes"] == int((counts > 0).sum())
+    assert res["modes_protocol"] == int((counts > 0).sum())
     assert res["kl_uniform"] == pytest.approx(formulas.categorical_kl(counts))
+    prob = torch.softmax(net.eval()(digits.to_input(fakes.reshape(-1, 1, 16, 16))), 1).max(1).values.reshape(128, 3)
+    sure = (prob.min(1).values >= digits.CONFIDENCE).numpy()
+    assert res["hq_share"] == pytest.approx(sure.mean())
     fid = registry.compute("digits_fid128", **kw)
     real = digits.channel_features(net, open_dataset("shapes16?n=64").get_batch(np.arange(64))[0]).double().numpy()
     fake = digits.channel_features(net, fakes).double().numpy()

@@ -480,7 +480,7 @@ def run_grid(cells: list[Cell], settings: dict, jobs: int = 1, devices: Optional
                 except CellBusy as exc:
                     log(f"  skipped: {exc}")
                     errors[cell.dir] = None
-                    grid.finished(f"{cell.stack.label} seed {cell.seed} (left to another process)")
+                    grid.finished(f"{cell.stack.label} seed {cell.seed}", elsewhere=True)
                     continue
                 except (KeyboardInterrupt, SystemExit):
                     raise
@@ -512,7 +512,7 @@ def run_grid(cells: list[Cell], settings: dict, jobs: int = 1, devices: Optional
             _, err = fut.result()
             if err == BUSY:
                 errors[cell.dir] = None
-                grid.finished(f"{cell.stack.label} seed {cell.seed} (left to another process)")
+                grid.finished(f"{cell.stack.label} seed {cell.seed}", elsewhere=True)
                 if grid.left > 0:
                     grid.started()
                 continue

@@ -22,7 +22,8 @@ from typing import Optional
 import numpy as np
 
 # Figures shown in the table although they mark no winner: (column suffix, label in the header).
-SECONDARY = {"modes_loose": " (loose: >= 1 hq sample; noise passes it)"}
+SECONDARY = {"modes_loose": " (loose: >= 1 hq sample; noise passes it)",
+             "modes_protocol": " (the papers' count: >= 1 sample; noise passes it)"}
 
 
 def secondary_columns(columns) -> list:
@@ -149,8 +150,14 @@ def read_stats(cell_dir: str) -> list:
         path = os.path.join(rd, "stats.jsonl")
         if os.path.exists(path):
             with open(path) as f:
-                out += [json.loads(line) for line in f if line.strip()]
+                out += [_current_names(json.loads(line)) for line in f if line.strip()]
     return out
+
+
+def _current_names(rec: dict) -> dict:
+    """Runs of ganstack before plugin API v1 logged plugin scalars as ``Plugin/<plugin>/<name>``; today they are
+    ``<plugin>/<name>``. Old cells are read under today's names, so one table column holds both."""
+    return {(k[len("Plugin/"):] if k.startswith("Plugin/") else k): v for k, v in rec.items()}
 
 
 def _scalar(v):
