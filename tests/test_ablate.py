@@ -217,3 +217,13 @@ def test_plugin_scalars_of_cells_logged_before_plugin_api_v1_join_todays_column(
         (cell / name / "stats.jsonl").write_text(json.dumps({"Progress/kimg": kimg, key: {"mean": value}}) + "\n")
     series = ablate_report.signal_series(ablate_report.read_stats(str(cell)))
     assert series == {"diffusion/T": ([20.0, 40.0], [5.0, 7.0])}
+
+
+def test_image_ablation_panels_show_each_stacks_samples(tmp_path):
+    settings = dict(data="shapes16?n=64", cfg="cifar", cbase=256, cmax=16, map_depth=2, kimg=0.032, tick=0.016, batch=8,
+                    workers=0, metrics=(), image_snap=100)
+    res = ab.ablate(str(tmp_path / "img"), ["none"], [0], settings, log=_quiet)
+    assert not any(res["errors"].values())
+    import matplotlib.image
+    panel = matplotlib.image.imread(res["panels"])
+    assert panel.shape[0] > 200 and panel[..., :3].std() > 0.05  # a grid of samples, not a blank figure

@@ -92,11 +92,44 @@ def reference_points(data_info: dict, n: int):
     return reference, centers, toy.get("std"), float(np.abs(reference[:, :2]).max()) * 1.25
 
 
-PANEL_KEYS = (("modes", "toy/modes_covered"), ("hq", "toy/hq_share"), ("KL", "toy/kl_modes"))
+PANEL_KEYS = (("modes", "modes_covered"), ("hq", "hq_share"), ("KL", "kl_modes"), ("KL", "kl_uniform"))
+
+
+def panel_keys(agg: dict) -> list:
+    """``(label, column)`` of the panel captions: the first metric column ending in each of PANEL_KEYS' names
+    (``toy/modes_covered``, ``stackedmnist10k/modes_covered``, ...)."""
+    columns = sorted({c for row in agg.values() for c in row})
+    keys = []
+    for label, name in PANEL_KEYS:
+        col = next((c for c in columns if c.split("/", 1)[-1] == name), None)
+        if col:
+            keys.append((label, col))
+    return keys
+
+
+def image_cell(ax, ckpt: str, n: int = 64) -> bool:
+    """Draw an ``sqrt(n) x sqrt(n)`` grid of a cell's samples (seed 0) on ``ax``, for image data."""
+    import torch
+
+    from ganstack.metrics.features import quantize
+    from ganstack.metrics.registry import draw_samples
+    from ganstack.training.inference import load_model
+
+    model = load_model(ckpt, device="cpu")
+    if model.data_info["kind"] != "image":
+        return False
+    side = int(math.isqrt(n))
+    with torch.no_grad():
+        img = quantize(draw_samples(model.G, model.stack, side * side, "cpu", seed=0)).numpy()
+    _, c, h, w = img.shape
+    grid = img.reshape(side, side, c, h, w).transpose(0, 3, 1, 4, 2).reshape(side * h, side * w, c)
+    ax.imshow(grid[..., 0] if c == 1 else grid[..., :3], cmap="gray" if c == 1 else None, interpolation="nearest")
+    return True
 
 
 def plot_side_by_side(cells, stacks, seeds, agg: dict, path: str, title: str, n: int = 2000) -> bool:
-    """One row of scatter panels, one per stack (first seed with a checkpoint), metrics in the titles."""
+    """One row of panels, one per stack (first seed with a checkpoint), metrics in the titles: scatter plots
+    for point data, a grid of samples for images."""
     from ganstack.metrics.toy import mixture_metrics
     from ganstack.training.ablate import newest_checkpoint
     from ganstack.training.snapshots import _pyplot
@@ -122,15 +155,15 @@ def plot_side_by_side(cells, stacks, seeds, agg: dict, path: str, title: str, n:
             ax.set_title(s.label, fontsize=8)
             continue
         x = scatter_cell(ax, ckpt, ref, n)
-        if x is None:
-            plt.close(fig)
-            return False
-        centers, std = ref["centers"], ref["std"]
         head = f"{s.label}\nseed {seed}"
-        if centers is not None:
-            m = mixture_metrics(x, centers, float(std))
+        if x is None:
+            if not image_cell(ax, ckpt):
+                plt.close(fig)
+                return False
+        elif ref["centers"] is not None:
+            m = mixture_metrics(x, ref["centers"], float(ref["std"]))
             head += f": {m['modes_covered']}/{m['num_modes']} modes, hq {m['hq_share']:.2f}"
-        summary = _mean_std_text(agg.get(s.label, {}), PANEL_KEYS)
+        summary = _mean_std_text(agg.get(s.label, {}), panel_keys(agg))
         ax.set_title(head, fontsize=7.5)
         if summary:
             ax.set_xlabel(f"{len(seeds)} seeds: {summary}", fontsize=6.5)
