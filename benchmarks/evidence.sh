@@ -40,7 +40,7 @@ $A --outdir "$OUT/cmgan" --data toy:gaussians25 --opt cmgan.teacher=analytic \
    --stack "cmgan cmgan.mode=gan" --stack "cmgan cmgan.mode=cd" --stack "cmgan cmgan.alpha=0.025" \
    --stack "cmgan cmgan.alpha=0.005" --stack "cmgan cmgan.alpha=0.25"
 
-# StackedMNIST 16x16 (issue #11, part 4): vanilla | diffusion | clr, 30 kimg, scored by the calibrated
+# StackedMNIST 16x16 (issue #11, part 4): vanilla | diffusion | clr | ddgan, 30 kimg, scored by the calibrated
 # stackedmnist metric (modes of 1000 with confident digits, hq share, KL; the papers' count as modes_protocol).
 mkdir -p "$OUT/smnist"
 [ -e "$OUT/smnist/smnist16.zip" ] || ganstack dataset convert --source ../shared/data/mnist --stacked 10000 \
@@ -49,4 +49,4 @@ mkdir -p "$OUT/smnist"
 python benchmarks/stackedmnist_calibration.py --data "$OUT/smnist/smnist16.zip" --classifier "$OUT/smnist/digit-clf.pt"
 GANSTACK_DIGIT_CLASSIFIER="$OUT/smnist/digit-clf.pt" ganstack ablate --outdir "$OUT/smnist/abl" \
     --data "$OUT/smnist/smnist16.zip" --cfg cifar --set cbase=512 --set cmax=32 --batch 32 --kimg 30 --tick 2 --snap 15 \
-    --metrics stackedmnist10k --seeds 0-2 --jobs "$JOBS" --stacks "none;diffusion;clr"
+    --metrics stackedmnist10k --seeds 0-2 --jobs "$JOBS" --stacks "none;diffusion;clr;ddgan"
