@@ -10,7 +10,7 @@
 # (the paper G, --set mlp_g=paper, 1000 kimg) carry their own commands.
 # Cost on an idle 2-core CPU, 2 cells at a time with one thread each: a vanilla cell about 3-4 minutes,
 # smart/clr 4-5, the headline stack 6-8, ddgan 2-3, cmgan 5-7, a 30-kimg StackedMNIST cell 4-5 (plus 1-2
-# per evaluation of 10k samples); the whole script about 3 hours.
+# per evaluation of 10k samples, ddgan 10-13); the whole script took 2 h 15 min with four or five cells at a time.
 set -euo pipefail
 OUT=${1:?usage: evidence.sh OUTDIR [JOBS]}
 JOBS=${2:-2}
