@@ -448,8 +448,7 @@ def _run_cell_in_worker(cell: Cell, settings: dict) -> tuple[str, Optional[str]]
         try:
             run_cell(cell, settings, device=_WORKER_DEVICE)
             return cell.dir, None
-        except CellBusy as exc:  # another ablation trains it: not a failure of this one
-            print(f"skipped: {exc}")
+        except CellBusy:  # another ablation trains it (and writes this worker.log): the main process says so
             return cell.dir, BUSY
         except Exception as exc:  # noqa: BLE001 - reported per cell; the others go on
             traceback.print_exc(file=f)
